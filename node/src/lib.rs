@@ -1,0 +1,4 @@
+//! kadscale-node: a Kademlia DHT node that speaks the wire protocol of the Python `kademlia`
+//! package, plus the tier policy shared with the operator.
+
+pub mod tier;

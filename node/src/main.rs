@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("dht-node: under construction");
+    std::process::exit(2);
+}
