@@ -1,0 +1,287 @@
+"""Shared helpers of the interop tests: free loopback ports, dht-node processes, Python nodes.
+
+Everything binds to 127.0.0.1. Every process started here is registered with a
+`ProcessGroup`, which the `procs` fixture tears down after each test, so no node
+outlives the test that started it.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from kademlia.network import Server
+
+HOST = "127.0.0.1"
+INTEROP_DIR = Path(__file__).resolve().parent
+REPO_ROOT = INTEROP_DIR.parent
+STDERR_TAIL_LINES = 40
+
+_ports_handed_out = set()
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    """A port on 127.0.0.1 that is free right now and not yet handed out in this test run."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
+
+
+def free_udp_port():
+    return free_port(socket.SOCK_DGRAM)
+
+
+def free_tcp_port():
+    return free_port(socket.SOCK_STREAM)
+
+
+def dht_node_bin():
+    """Path of the dht-node binary under test (DHT_NODE_BIN, else target/debug/dht-node)."""
+    path = Path(os.environ.get("DHT_NODE_BIN", REPO_ROOT / "target" / "debug" / "dht-node"))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dht-node binary not found at {path}: run `cargo build -p kadscale-node --bin dht-node` "
+            "or set DHT_NODE_BIN"
+        )
+    return str(path)
+
+
+def tail(path, lines=STDERR_TAIL_LINES):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no output file)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+
+class Process:
+    """A long-running child (dht-node or pyworker) with stdout/stderr captured to files."""
+
+    def __init__(self, label, argv, env=None, stdin=None):
+        self.label = label
+        self.argv = argv
+        self.logdir = Path(tempfile.mkdtemp(prefix=f"kadscale-{label}-"))
+        self.stdout_path = self.logdir / "stdout"
+        self.stderr_path = self.logdir / "stderr"
+        self.stdout_file = open(self.stdout_path, "wb")
+        self.stderr_file = open(self.stderr_path, "wb")
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=self.stdout_file,
+            stderr=self.stderr_file,
+            env={**os.environ, **(env or {})},
+        )
+
+    def stderr_tail(self):
+        return tail(self.stderr_path)
+
+    def report(self):
+        """Everything a reader of a failed test needs to know about this process."""
+        status = self.popen.poll()
+        state = "running" if status is None else f"exited with {status}"
+        return (
+            f"--- {self.label} ({state}): {' '.join(self.argv)}\n"
+            f"stdout:\n{tail(self.stdout_path)}\nstderr:\n{self.stderr_tail()}"
+        )
+
+    def assert_running(self):
+        if self.popen.poll() is not None:
+            raise AssertionError(f"{self.label} died\n{self.report()}")
+
+    def terminate(self, grace=5.0):
+        """SIGTERM, then SIGKILL after `grace` seconds. Returns the exit status."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=grace)
+        self.stdout_file.close()
+        self.stderr_file.close()
+        return self.popen.returncode
+
+
+class DhtNode(Process):
+    """A `dht-node bootstrap` or `dht-node worker` process on 127.0.0.1."""
+
+    def __init__(self, mode, bootstrap=(), k=None, label=None, extra=()):
+        self.mode = mode
+        self.port = free_udp_port()
+        self.admin_port = free_tcp_port()
+        argv = [
+            dht_node_bin(),
+            mode,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--admin-addr",
+            f"{HOST}:{self.admin_port}",
+        ]
+        if bootstrap:
+            argv += ["--bootstrap", ",".join(bootstrap)]
+        if k is not None:
+            argv += ["--k", str(k)]
+        argv += list(extra)
+        super().__init__(label or f"dht-node-{mode}-{self.port}", argv)
+
+    @property
+    def addr(self):
+        return f"{HOST}:{self.port}"
+
+    def admin_get(self, path, timeout=1.0):
+        """(status, body) of an admin endpoint; (None, error) when it does not answer."""
+        url = f"http://{HOST}:{self.admin_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError) as err:
+            return None, str(err)
+
+    def wait_ready(self, timeout=15.0):
+        """Waits for /readyz to answer 200; fails with the node's stderr otherwise."""
+        deadline = time.monotonic() + timeout
+        status, body = None, ""
+        while time.monotonic() < deadline:
+            self.assert_running()
+            status, body = self.admin_get("/readyz")
+            if status == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(
+            f"{self.label}: /readyz not 200 within {timeout}s (last: {status} {body!r})\n{self.report()}"
+        )
+
+
+class ProcessGroup:
+    """Every child process of one test, torn down together."""
+
+    def __init__(self):
+        self.processes = []
+
+    def add(self, process):
+        self.processes.append(process)
+        return process
+
+    def dht_node(self, mode, **kwargs):
+        return self.add(DhtNode(mode, **kwargs))
+
+    def report(self):
+        return "\n".join(p.report() for p in self.processes)
+
+    def stop_all(self):
+        for process in self.processes:
+            process.terminate()
+
+
+class CliResult:
+    def __init__(self, argv, returncode, stdout, stderr):
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def describe(self):
+        return (
+            f"`{' '.join(self.argv)}` exited {self.returncode}\n"
+            f"stdout: {self.stdout!r}\nstderr: {self.stderr[-3000:]}"
+        )
+
+
+async def run_cli(*args, timeout=30.0):
+    """Runs a one-shot dht-node command (put/get/ping) without blocking the event loop."""
+    argv = [dht_node_bin(), *args]
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(child.communicate(), timeout)
+    except asyncio.TimeoutError:
+        child.kill()
+        stdout, stderr = await child.communicate()
+        return CliResult(argv, f"timeout after {timeout}s", stdout.decode(errors="replace"),
+                         stderr.decode(errors="replace"))
+    return CliResult(argv, child.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+
+# Which `--type` the dht-node CLI needs for a Python value, and how the value is spelled.
+def cli_type_and_text(value):
+    if isinstance(value, bool):
+        return "bool", "true" if value else "false"
+    if isinstance(value, int):
+        return "int", str(value)
+    if isinstance(value, float):
+        return "float", repr(value)
+    if isinstance(value, bytes):
+        return "bytes", value.hex()
+    if isinstance(value, str):
+        return "str", value
+    raise TypeError(f"no dht-node type for {type(value).__name__}")
+
+
+def value_from_cli_json(text):
+    """The Python value a `dht-node get --output json` answer stands for (bytes arrive as hex)."""
+    answer = json.loads(text)
+    kind, value = answer["type"], answer["value"]
+    if kind == "bytes":
+        return bytes.fromhex(value)
+    expected = {"str": str, "int": int, "float": float, "bool": bool}[kind]
+    if kind == "float" and type(value) is int:
+        # JSON has one number type; an integral float may come back without a fraction.
+        value = float(value)
+    if type(value) is not expected:
+        raise AssertionError(f"dht-node said type {kind} but the JSON value is {value!r}")
+    return value
+
+
+async def cli_put(bootstrap, key, value):
+    kind, text = cli_type_and_text(value)
+    return await run_cli("put", "--bootstrap", bootstrap, key, text, "--type", kind)
+
+
+async def cli_get(bootstrap, key):
+    """(value or None, CliResult) of `dht-node get --output json`."""
+    result = await run_cli("get", "--bootstrap", bootstrap, key, "--output", "json")
+    if result.returncode == 0:
+        return value_from_cli_json(result.stdout), result
+    return None, result
+
+
+async def start_python_node(ksize=20, bootstrap=()):
+    """A `kademlia.network.Server` listening on a free loopback port, bootstrapped off `bootstrap`."""
+    server = Server(ksize=ksize)
+    port = free_udp_port()
+    await server.listen(port, interface=HOST)
+    server.kadscale_addr = f"{HOST}:{port}"
+    if bootstrap:
+        await server.bootstrap([parse_addr(a) for a in bootstrap])
+    return server
+
+
+def parse_addr(text):
+    host, port = text.rsplit(":", 1)
+    return host, int(port)
+
+
+def routing_table_addrs(server):
+    """The (ip, port) of every contact in a Python node's routing table."""
+    return {(n.ip, n.port) for bucket in server.protocol.router.buckets for n in bucket.get_nodes()}
+
+
+def same_value(expected, actual):
+    return type(expected) is type(actual) and expected == actual
