@@ -1,4 +1,8 @@
 //! kadscale-node: a Kademlia DHT node that speaks the wire protocol of the Python `kademlia`
 //! package, plus the tier policy shared with the operator.
 
+pub mod admin;
+pub mod bootstrap;
+pub mod codec;
+pub mod id;
 pub mod tier;

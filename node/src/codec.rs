@@ -1,0 +1,1073 @@
+//! The wire format of rpcudp 5 / kademlia 2.2.3, byte for byte.
+//!
+//! A datagram is one type byte (`0x00` request, `0x01` response), a 20-byte message id and a
+//! msgpack body. Requests are `[name, args]`; a response body is the procedure's return value.
+//! The encoder writes what `umsgpack.packb` writes (smallest integer form, float64, str for
+//! text, bin for bytes, arrays for tuples); the decoder reads any valid msgpack, checks every
+//! length against the bytes that are really there before allocating, limits nesting, and
+//! reports the byte offset or the field that was wrong.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use rmpv::Value as Msgpack;
+
+use crate::id::{NodeId, ID_LEN};
+
+/// Type byte of a request datagram.
+pub const REQUEST: u8 = 0x00;
+/// Type byte of a response datagram.
+pub const RESPONSE: u8 = 0x01;
+/// Length of the message id that a response echoes.
+pub const MESSAGE_ID_LEN: usize = 20;
+/// rpcudp ignores anything shorter: type byte, message id and at least one body byte.
+pub const MIN_DATAGRAM_LEN: usize = 1 + MESSAGE_ID_LEN + 1;
+/// The Python sender refuses request bodies larger than this; so do we.
+pub const MAX_REQUEST_BODY: usize = 8192;
+/// Deepest msgpack nesting accepted; the protocol itself never nests deeper than 3.
+pub const MAX_DEPTH: usize = 32;
+
+/// A message id: 20 random bytes chosen by the caller.
+pub type MessageId = [u8; MESSAGE_ID_LEN];
+
+/// A value that can be stored in the DHT: the msgpack native types Python's `set` accepts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Bytes(Vec<u8>),
+}
+
+impl Value {
+    /// The type name used on the CLI and in JSON output.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Bool(_) => "bool",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+        }
+    }
+
+    /// Size in bytes of the payload, for storage limits.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Value::Int(_) | Value::Float(_) => 8,
+            Value::Bool(_) => 1,
+            Value::Str(text) => text.len(),
+            Value::Bytes(bytes) => bytes.len(),
+        }
+    }
+}
+
+/// A node as it travels in `find_node` answers: `[id, ip, port]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Contact {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+}
+
+/// A request as the receiver sees it. `sender` is the node id the caller claims.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    Stun,
+    Ping {
+        sender: NodeId,
+    },
+    Store {
+        sender: NodeId,
+        key: NodeId,
+        value: Value,
+    },
+    FindNode {
+        sender: NodeId,
+        key: NodeId,
+    },
+    FindValue {
+        sender: NodeId,
+        key: NodeId,
+    },
+    /// A procedure that Python nodes do not know; kadscale-only names land here.
+    Extension {
+        name: String,
+        args: Vec<Msgpack>,
+    },
+}
+
+impl Request {
+    /// The procedure name on the wire.
+    pub fn method(&self) -> &str {
+        match self {
+            Request::Stun => "stun",
+            Request::Ping { .. } => "ping",
+            Request::Store { .. } => "store",
+            Request::FindNode { .. } => "find_node",
+            Request::FindValue { .. } => "find_value",
+            Request::Extension { name, .. } => name,
+        }
+    }
+
+    /// The node id the caller claims, for procedures that carry one.
+    pub fn sender(&self) -> Option<NodeId> {
+        match self {
+            Request::Ping { sender }
+            | Request::Store { sender, .. }
+            | Request::FindNode { sender, .. }
+            | Request::FindValue { sender, .. } => Some(*sender),
+            Request::Stun | Request::Extension { .. } => None,
+        }
+    }
+}
+
+/// A response to encode.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    /// `stun`: the caller's address as the receiver sees it.
+    Stun(SocketAddr),
+    /// `ping`: the receiver's id.
+    Ping(NodeId),
+    /// `store`: always true in Python.
+    Stored(bool),
+    /// `find_node`, or `find_value` without the value.
+    Nodes(Vec<Contact>),
+    /// `find_value` hit: `{"value": v}`.
+    FoundValue(Value),
+    /// An extension's return value.
+    Extension(Msgpack),
+}
+
+/// What a `find_value` call returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FindValueAnswer {
+    Value(Value),
+    Nodes(Vec<Contact>),
+}
+
+/// A decoded datagram.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Datagram {
+    Request {
+        id: MessageId,
+        request: Request,
+    },
+    /// The body's meaning depends on the call it answers, so it stays generic here.
+    Response {
+        id: MessageId,
+        body: Msgpack,
+    },
+}
+
+/// Why bytes are not a valid datagram or body.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("datagram of {0} bytes is shorter than the 22-byte minimum")]
+    TooShort(usize),
+    #[error("unknown datagram type byte 0x{0:02x} at offset 0")]
+    UnknownType(u8),
+    #[error("msgpack at byte {offset}: {reason}")]
+    Msgpack { offset: usize, reason: String },
+    #[error("{field}: {reason}")]
+    Field { field: String, reason: String },
+}
+
+impl DecodeError {
+    fn at(offset: usize, reason: impl Into<String>) -> DecodeError {
+        DecodeError::Msgpack { offset, reason: reason.into() }
+    }
+
+    fn field(field: impl Into<String>, reason: impl Into<String>) -> DecodeError {
+        DecodeError::Field { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Decodes a whole datagram: framing, msgpack body, and for requests the typed procedure.
+pub fn decode_datagram(datagram: &[u8]) -> Result<Datagram, DecodeError> {
+    if datagram.len() < MIN_DATAGRAM_LEN {
+        return Err(DecodeError::TooShort(datagram.len()));
+    }
+    let kind = datagram[0];
+    if kind != REQUEST && kind != RESPONSE {
+        return Err(DecodeError::UnknownType(kind));
+    }
+    let mut id = [0u8; MESSAGE_ID_LEN];
+    id.copy_from_slice(&datagram[1..1 + MESSAGE_ID_LEN]);
+    let body_start = 1 + MESSAGE_ID_LEN;
+    let body = decode_msgpack_at(datagram, body_start)?;
+    if kind == REQUEST {
+        Ok(Datagram::Request { id, request: request_from_body(body)? })
+    } else {
+        Ok(Datagram::Response { id, body })
+    }
+}
+
+/// Decodes one msgpack value that must fill `bytes` exactly.
+pub fn decode_msgpack(bytes: &[u8]) -> Result<Msgpack, DecodeError> {
+    decode_msgpack_at(bytes, 0)
+}
+
+/// Decodes the msgpack value starting at `start`; offsets in errors are relative to `bytes`.
+fn decode_msgpack_at(bytes: &[u8], start: usize) -> Result<Msgpack, DecodeError> {
+    let mut reader = Reader { bytes, pos: start };
+    let value = reader.value(0)?;
+    if reader.pos != bytes.len() {
+        return Err(DecodeError::at(
+            reader.pos,
+            format!("{} trailing bytes after the body", bytes.len() - reader.pos),
+        ));
+    }
+    Ok(value)
+}
+
+fn request_from_body(body: Msgpack) -> Result<Request, DecodeError> {
+    let Msgpack::Array(parts) = body else {
+        return Err(DecodeError::field(
+            "request",
+            format!("expected [name, args], got {}", kind(&body)),
+        ));
+    };
+    let [name, args] = <[Msgpack; 2]>::try_from(parts).map_err(|parts| {
+        DecodeError::field(
+            "request",
+            format!("expected [name, args], got {} elements", parts.len()),
+        )
+    })?;
+    let name = match name {
+        Msgpack::String(text) => {
+            text.into_str().ok_or_else(|| DecodeError::field("request name", "not valid UTF-8"))?
+        }
+        other => {
+            return Err(DecodeError::field(
+                "request name",
+                format!("expected str, got {}", kind(&other)),
+            ))
+        }
+    };
+    let args = match args {
+        Msgpack::Array(args) => args,
+        other => {
+            return Err(DecodeError::field(
+                "request args",
+                format!("expected array, got {}", kind(&other)),
+            ))
+        }
+    };
+    let method = name.as_str();
+    Ok(match method {
+        "stun" => {
+            let [] = fixed_args::<0>(method, args)?;
+            Request::Stun
+        }
+        "ping" => {
+            let [sender] = fixed_args::<1>(method, args)?;
+            Request::Ping { sender: id_arg(method, "node_id", &sender)? }
+        }
+        "store" => {
+            let [sender, key, value] = fixed_args::<3>(method, args)?;
+            Request::Store {
+                sender: id_arg(method, "node_id", &sender)?,
+                key: id_arg(method, "key", &key)?,
+                value: value_from_msgpack(&value).map_err(|reason| {
+                    DecodeError::field(format!("{method} args[2] (value)"), reason)
+                })?,
+            }
+        }
+        "find_node" | "find_value" => {
+            let [sender, key] = fixed_args::<2>(method, args)?;
+            let sender = id_arg(method, "node_id", &sender)?;
+            let key = id_arg(method, "key", &key)?;
+            if method == "find_node" {
+                Request::FindNode { sender, key }
+            } else {
+                Request::FindValue { sender, key }
+            }
+        }
+        _ => Request::Extension { name, args },
+    })
+}
+
+fn fixed_args<const N: usize>(
+    method: &str,
+    args: Vec<Msgpack>,
+) -> Result<[Msgpack; N], DecodeError> {
+    <[Msgpack; N]>::try_from(args).map_err(|args| {
+        DecodeError::field(
+            format!("{method} args"),
+            format!("expected {N} arguments, got {}", args.len()),
+        )
+    })
+}
+
+fn id_arg(method: &str, name: &str, value: &Msgpack) -> Result<NodeId, DecodeError> {
+    id_from_msgpack(value).map_err(|reason| DecodeError::field(format!("{method} {name}"), reason))
+}
+
+fn id_from_msgpack(value: &Msgpack) -> Result<NodeId, String> {
+    match value {
+        Msgpack::Binary(bytes) => NodeId::from_slice(bytes)
+            .ok_or_else(|| format!("expected {ID_LEN} bytes, got {}", bytes.len())),
+        other => Err(format!("expected bin of {ID_LEN} bytes, got {}", kind(other))),
+    }
+}
+
+/// Converts a msgpack value to a storable [`Value`]; anything else is refused with a reason.
+pub fn value_from_msgpack(value: &Msgpack) -> Result<Value, String> {
+    match value {
+        Msgpack::Integer(n) => {
+            n.as_i64().map(Value::Int).ok_or_else(|| format!("integer {n} does not fit in i64"))
+        }
+        Msgpack::F64(f) => Ok(Value::Float(*f)),
+        Msgpack::F32(f) => Ok(Value::Float(f64::from(*f))),
+        Msgpack::Boolean(b) => Ok(Value::Bool(*b)),
+        Msgpack::String(text) => text
+            .as_str()
+            .map(|text| Value::Str(text.to_owned()))
+            .ok_or_else(|| "str is not valid UTF-8".to_owned()),
+        Msgpack::Binary(bytes) => Ok(Value::Bytes(bytes.clone())),
+        other => Err(format!("expected int, float, bool, str or bin, got {}", kind(other))),
+    }
+}
+
+/// The msgpack form of a stored value.
+pub fn value_to_msgpack(value: &Value) -> Msgpack {
+    match value {
+        Value::Int(n) => Msgpack::from(*n),
+        Value::Float(f) => Msgpack::F64(*f),
+        Value::Bool(b) => Msgpack::Boolean(*b),
+        Value::Str(text) => Msgpack::from(text.as_str()),
+        Value::Bytes(bytes) => Msgpack::Binary(bytes.clone()),
+    }
+}
+
+/// Reads a `ping` answer: the peer's id.
+pub fn ping_answer(body: &Msgpack) -> Result<NodeId, DecodeError> {
+    id_from_msgpack(body).map_err(|reason| DecodeError::field("ping answer", reason))
+}
+
+/// Reads a `store` answer: Python returns `true`.
+pub fn store_answer(body: &Msgpack) -> Result<bool, DecodeError> {
+    body.as_bool().ok_or_else(|| {
+        DecodeError::field("store answer", format!("expected bool, got {}", kind(body)))
+    })
+}
+
+/// Reads a `stun` answer: `[ip, port]`.
+pub fn stun_answer(body: &Msgpack) -> Result<SocketAddr, DecodeError> {
+    let parts = body.as_array().ok_or_else(|| {
+        DecodeError::field("stun answer", format!("expected [ip, port], got {}", kind(body)))
+    })?;
+    match parts.as_slice() {
+        [ip, port] => address_from_msgpack("stun answer", ip, port),
+        _ => Err(DecodeError::field(
+            "stun answer",
+            format!("expected 2 elements, got {}", parts.len()),
+        )),
+    }
+}
+
+/// Reads a `find_node` answer: `[[id, ip, port], ...]`.
+pub fn find_node_answer(body: &Msgpack) -> Result<Vec<Contact>, DecodeError> {
+    let entries = body.as_array().ok_or_else(|| {
+        DecodeError::field("find_node answer", format!("expected array, got {}", kind(body)))
+    })?;
+    entries.iter().enumerate().map(|(index, entry)| contact_from_msgpack(index, entry)).collect()
+}
+
+/// Reads a `find_value` answer: `{"value": v}` or a `find_node` answer.
+pub fn find_value_answer(body: &Msgpack) -> Result<FindValueAnswer, DecodeError> {
+    let Some(map) = body.as_map() else {
+        return find_node_answer(body).map(FindValueAnswer::Nodes);
+    };
+    let value = map
+        .iter()
+        .find(|(key, _)| key.as_str() == Some("value"))
+        .map(|(_, value)| value)
+        .ok_or_else(|| {
+        DecodeError::field("find_value answer", "map without a \"value\" key")
+    })?;
+    value_from_msgpack(value)
+        .map(FindValueAnswer::Value)
+        .map_err(|reason| DecodeError::field("find_value answer value", reason))
+}
+
+fn contact_from_msgpack(index: usize, entry: &Msgpack) -> Result<Contact, DecodeError> {
+    let field = format!("find_node answer [{index}]");
+    let parts = entry.as_array().ok_or_else(|| {
+        DecodeError::field(&field, format!("expected [id, ip, port], got {}", kind(entry)))
+    })?;
+    match parts.as_slice() {
+        [id, ip, port] => Ok(Contact {
+            id: id_from_msgpack(id)
+                .map_err(|reason| DecodeError::field(format!("{field} id"), reason))?,
+            addr: address_from_msgpack(&field, ip, port)?,
+        }),
+        _ => Err(DecodeError::field(field, format!("expected 3 elements, got {}", parts.len()))),
+    }
+}
+
+fn address_from_msgpack(
+    field: &str,
+    ip: &Msgpack,
+    port: &Msgpack,
+) -> Result<SocketAddr, DecodeError> {
+    let ip: IpAddr = ip
+        .as_str()
+        .ok_or_else(|| {
+            DecodeError::field(format!("{field} ip"), format!("expected str, got {}", kind(ip)))
+        })?
+        .parse()
+        .map_err(|error| DecodeError::field(format!("{field} ip"), format!("{error}")))?;
+    let port = port.as_u64().and_then(|port| u16::try_from(port).ok()).ok_or_else(|| {
+        DecodeError::field(format!("{field} port"), format!("expected a port number, got {port}"))
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The msgpack type name of a value, for error messages.
+fn kind(value: &Msgpack) -> &'static str {
+    match value {
+        Msgpack::Nil => "nil",
+        Msgpack::Boolean(_) => "bool",
+        Msgpack::Integer(_) => "int",
+        Msgpack::F32(_) | Msgpack::F64(_) => "float",
+        Msgpack::String(_) => "str",
+        Msgpack::Binary(_) => "bin",
+        Msgpack::Array(_) => "array",
+        Msgpack::Map(_) => "map",
+        Msgpack::Ext(..) => "ext",
+    }
+}
+
+/// A bounds-checked msgpack reader over one datagram.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        let start = self.pos;
+        let available = self.bytes.len() - start;
+        if len > available {
+            return Err(DecodeError::at(
+                start,
+                format!("needs {len} bytes, only {available} left"),
+            ));
+        }
+        self.pos += len;
+        Ok(&self.bytes[start..start + len])
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn uint(&mut self, width: usize) -> Result<u64, DecodeError> {
+        Ok(self.take(width)?.iter().fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte)))
+    }
+
+    /// A length prefix of `width` bytes, checked against the bytes left (each element of an
+    /// array or map takes at least `min_item_size` bytes), so no allocation exceeds the input.
+    fn len(&mut self, width: usize, min_item_size: usize) -> Result<usize, DecodeError> {
+        let at = self.pos;
+        let len = usize::try_from(self.uint(width)?).unwrap_or(usize::MAX);
+        let available = self.bytes.len() - self.pos;
+        if len.saturating_mul(min_item_size) > available {
+            return Err(DecodeError::at(
+                at,
+                format!("length {len} exceeds the {available} bytes left"),
+            ));
+        }
+        Ok(len)
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Msgpack, DecodeError> {
+        let at = self.pos;
+        let marker = self.byte()?;
+        Ok(match marker {
+            0x00..=0x7f => Msgpack::from(marker),
+            0x80..=0x8f => self.map(usize::from(marker & 0x0f), at, depth)?,
+            0x90..=0x9f => self.array(usize::from(marker & 0x0f), at, depth)?,
+            0xa0..=0xbf => self.string(usize::from(marker & 0x1f), at)?,
+            0xc0 => Msgpack::Nil,
+            0xc1 => return Err(DecodeError::at(at, "reserved marker 0xc1")),
+            0xc2 => Msgpack::Boolean(false),
+            0xc3 => Msgpack::Boolean(true),
+            0xc4..=0xc6 => {
+                let len = self.len(1 << (marker - 0xc4), 1)?;
+                Msgpack::Binary(self.take(len)?.to_vec())
+            }
+            0xc7..=0xc9 => {
+                let len = self.len(1 << (marker - 0xc7), 1)?;
+                self.ext(len)?
+            }
+            0xca => Msgpack::F32(f32::from_bits(self.uint(4)? as u32)),
+            0xcb => Msgpack::F64(f64::from_bits(self.uint(8)?)),
+            0xcc..=0xcf => Msgpack::from(self.uint(1 << (marker - 0xcc))?),
+            0xd0..=0xd3 => {
+                let width = 1usize << (marker - 0xd0);
+                let raw = self.uint(width)?;
+                // Sign-extend the big-endian two's complement integer of `width` bytes.
+                let shift = 64 - 8 * width as u32;
+                Msgpack::from(((raw << shift) as i64) >> shift)
+            }
+            0xd4..=0xd8 => self.ext(1 << (marker - 0xd4))?,
+            0xd9..=0xdb => {
+                let len = self.len(1 << (marker - 0xd9), 1)?;
+                self.string(len, at)?
+            }
+            0xdc | 0xdd => {
+                let len = self.len(2 << (marker - 0xdc), 1)?;
+                self.array(len, at, depth)?
+            }
+            0xde | 0xdf => {
+                let len = self.len(2 << (marker - 0xde), 2)?;
+                self.map(len, at, depth)?
+            }
+            0xe0..=0xff => Msgpack::from(i64::from(marker as i8)),
+        })
+    }
+
+    fn string(&mut self, len: usize, at: usize) -> Result<Msgpack, DecodeError> {
+        let bytes = self.take(len)?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|error| DecodeError::at(at, format!("str is not valid UTF-8: {error}")))?;
+        Ok(Msgpack::from(text))
+    }
+
+    fn ext(&mut self, len: usize) -> Result<Msgpack, DecodeError> {
+        let tag = self.byte()? as i8;
+        Ok(Msgpack::Ext(tag, self.take(len)?.to_vec()))
+    }
+
+    fn nested(&self, at: usize, depth: usize) -> Result<usize, DecodeError> {
+        if depth >= MAX_DEPTH {
+            return Err(DecodeError::at(at, format!("nesting deeper than {MAX_DEPTH}")));
+        }
+        Ok(depth + 1)
+    }
+
+    fn array(&mut self, len: usize, at: usize, depth: usize) -> Result<Msgpack, DecodeError> {
+        let depth = self.nested(at, depth)?;
+        let mut items = Vec::with_capacity(len);
+        for _ in 0..len {
+            items.push(self.value(depth)?);
+        }
+        Ok(Msgpack::Array(items))
+    }
+
+    fn map(&mut self, len: usize, at: usize, depth: usize) -> Result<Msgpack, DecodeError> {
+        let depth = self.nested(at, depth)?;
+        let mut entries = Vec::with_capacity(len);
+        for _ in 0..len {
+            let key = self.value(depth)?;
+            entries.push((key, self.value(depth)?));
+        }
+        Ok(Msgpack::Map(entries))
+    }
+}
+
+/// Writes `request` as a datagram with message id `id`.
+pub fn encode_request(id: &MessageId, request: &Request) -> Vec<u8> {
+    let mut out = frame(REQUEST, id);
+    write_array_len(&mut out, 2);
+    write_str(&mut out, request.method());
+    match request {
+        Request::Stun => write_array_len(&mut out, 0),
+        Request::Ping { sender } => {
+            write_array_len(&mut out, 1);
+            write_bin(&mut out, sender.as_bytes());
+        }
+        Request::Store { sender, key, value } => {
+            write_array_len(&mut out, 3);
+            write_bin(&mut out, sender.as_bytes());
+            write_bin(&mut out, key.as_bytes());
+            write_value(&mut out, value);
+        }
+        Request::FindNode { sender, key } | Request::FindValue { sender, key } => {
+            write_array_len(&mut out, 2);
+            write_bin(&mut out, sender.as_bytes());
+            write_bin(&mut out, key.as_bytes());
+        }
+        Request::Extension { args, .. } => {
+            write_array_len(&mut out, args.len());
+            for arg in args {
+                write_msgpack(&mut out, arg);
+            }
+        }
+    }
+    out
+}
+
+/// Writes `response` as a datagram answering message `id`.
+pub fn encode_response(id: &MessageId, response: &Response) -> Vec<u8> {
+    let mut out = frame(RESPONSE, id);
+    match response {
+        Response::Stun(addr) => {
+            write_array_len(&mut out, 2);
+            write_str(&mut out, &addr.ip().to_string());
+            write_int(&mut out, i128::from(addr.port()));
+        }
+        Response::Ping(id) => write_bin(&mut out, id.as_bytes()),
+        Response::Stored(stored) => write_bool(&mut out, *stored),
+        Response::Nodes(contacts) => write_contacts(&mut out, contacts),
+        Response::FoundValue(value) => {
+            write_map_len(&mut out, 1);
+            write_str(&mut out, "value");
+            write_value(&mut out, value);
+        }
+        Response::Extension(body) => write_msgpack(&mut out, body),
+    }
+    out
+}
+
+/// Encodes a response body alone (no framing), as the transport's callers read it.
+pub fn encode_msgpack(value: &Msgpack) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_msgpack(&mut out, value);
+    out
+}
+
+fn frame(kind: u8, id: &MessageId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.push(kind);
+    out.extend_from_slice(id);
+    out
+}
+
+fn write_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
+    write_array_len(out, contacts.len());
+    let mut ip_text = String::with_capacity(40);
+    for contact in contacts {
+        write_array_len(out, 3);
+        write_bin(out, contact.id.as_bytes());
+        ip_text.clear();
+        // Writing to a String cannot fail.
+        let _ = fmt::Write::write_fmt(&mut ip_text, format_args!("{}", contact.addr.ip()));
+        write_str(out, &ip_text);
+        write_int(out, i128::from(contact.addr.port()));
+    }
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Int(n) => write_int(out, i128::from(*n)),
+        Value::Float(f) => write_f64(out, *f),
+        Value::Bool(b) => write_bool(out, *b),
+        Value::Str(text) => write_str(out, text),
+        Value::Bytes(bytes) => write_bin(out, bytes),
+    }
+}
+
+/// Writes any msgpack value the way umsgpack would.
+fn write_msgpack(out: &mut Vec<u8>, value: &Msgpack) {
+    match value {
+        Msgpack::Nil => out.push(0xc0),
+        Msgpack::Boolean(b) => write_bool(out, *b),
+        Msgpack::Integer(n) => {
+            // Every rmpv integer is an i64 or a u64, so the default is never taken.
+            let n = n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+            write_int(out, n.unwrap_or_default());
+        }
+        Msgpack::F32(f) => {
+            out.push(0xca);
+            out.extend_from_slice(&f.to_bits().to_be_bytes());
+        }
+        Msgpack::F64(f) => write_f64(out, *f),
+        Msgpack::String(text) => write_raw_str(out, text.as_bytes()),
+        Msgpack::Binary(bytes) => write_bin(out, bytes),
+        Msgpack::Array(items) => {
+            write_array_len(out, items.len());
+            for item in items {
+                write_msgpack(out, item);
+            }
+        }
+        Msgpack::Map(entries) => {
+            write_map_len(out, entries.len());
+            for (key, value) in entries {
+                write_msgpack(out, key);
+                write_msgpack(out, value);
+            }
+        }
+        Msgpack::Ext(tag, data) => write_ext(out, *tag, data),
+    }
+}
+
+fn write_bool(out: &mut Vec<u8>, value: bool) {
+    out.push(if value { 0xc3 } else { 0xc2 });
+}
+
+fn write_f64(out: &mut Vec<u8>, value: f64) {
+    out.push(0xcb);
+    out.extend_from_slice(&value.to_bits().to_be_bytes());
+}
+
+/// Smallest encoding, as umsgpack's `_pack_integer`: unsigned forms for n >= 0.
+fn write_int(out: &mut Vec<u8>, n: i128) {
+    if n >= 0 {
+        if n < 128 {
+            out.push(n as u8);
+        } else if n < 1 << 8 {
+            out.push(0xcc);
+            out.push(n as u8);
+        } else if n < 1 << 16 {
+            out.push(0xcd);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else if n < 1 << 32 {
+            out.push(0xce);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        } else {
+            out.push(0xcf);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    } else if n >= -32 {
+        out.push(n as i8 as u8);
+    } else if n >= -(1 << 7) {
+        out.push(0xd0);
+        out.push(n as i8 as u8);
+    } else if n >= -(1 << 15) {
+        out.push(0xd1);
+        out.extend_from_slice(&(n as i16).to_be_bytes());
+    } else if n >= -(1 << 31) {
+        out.push(0xd2);
+        out.extend_from_slice(&(n as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&(n as i64).to_be_bytes());
+    }
+}
+
+/// Widths of a msgpack length prefix: the fix form (marker base, limit) when there is one,
+/// the 8-bit form's marker when there is one, and the 16- and 32-bit forms' markers.
+struct LenMarkers {
+    fix: Option<(u8, usize)>,
+    len8: Option<u8>,
+    len16: u8,
+    len32: u8,
+}
+
+const STR_LEN: LenMarkers =
+    LenMarkers { fix: Some((0xa0, 32)), len8: Some(0xd9), len16: 0xda, len32: 0xdb };
+const BIN_LEN: LenMarkers = LenMarkers { fix: None, len8: Some(0xc4), len16: 0xc5, len32: 0xc6 };
+const ARRAY_LEN: LenMarkers =
+    LenMarkers { fix: Some((0x90, 16)), len8: None, len16: 0xdc, len32: 0xdd };
+const MAP_LEN: LenMarkers =
+    LenMarkers { fix: Some((0x80, 16)), len8: None, len16: 0xde, len32: 0xdf };
+const EXT_LEN: LenMarkers = LenMarkers { fix: None, len8: Some(0xc7), len16: 0xc8, len32: 0xc9 };
+
+/// Writes `len` in the smallest form `markers` allow, as umsgpack does.
+fn write_len(out: &mut Vec<u8>, len: usize, markers: &LenMarkers) {
+    match (markers.fix, markers.len8) {
+        (Some((base, limit)), _) if len < limit => out.push(base | len as u8),
+        (_, Some(marker)) if len < 1 << 8 => {
+            out.push(marker);
+            out.push(len as u8);
+        }
+        _ if len < 1 << 16 => {
+            out.push(markers.len16);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(markers.len32);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    write_raw_str(out, text.as_bytes());
+}
+
+fn write_raw_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    write_len(out, bytes.len(), &STR_LEN);
+    out.extend_from_slice(bytes);
+}
+
+fn write_bin(out: &mut Vec<u8>, bytes: &[u8]) {
+    write_len(out, bytes.len(), &BIN_LEN);
+    out.extend_from_slice(bytes);
+}
+
+fn write_array_len(out: &mut Vec<u8>, len: usize) {
+    write_len(out, len, &ARRAY_LEN);
+}
+
+fn write_map_len(out: &mut Vec<u8>, len: usize) {
+    write_len(out, len, &MAP_LEN);
+}
+
+fn write_ext(out: &mut Vec<u8>, tag: i8, data: &[u8]) {
+    let fixed = match data.len() {
+        1 => Some(0xd4),
+        2 => Some(0xd5),
+        4 => Some(0xd6),
+        8 => Some(0xd7),
+        16 => Some(0xd8),
+        _ => None,
+    };
+    match fixed {
+        Some(marker) => out.push(marker),
+        None => write_len(out, data.len(), &EXT_LEN),
+    }
+    out.push(tag as u8);
+    out.extend_from_slice(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: MessageId = [0xab; MESSAGE_ID_LEN];
+
+    fn ids() -> (NodeId, NodeId) {
+        let mut a = [0u8; ID_LEN];
+        let mut b = [0u8; ID_LEN];
+        for i in 0..ID_LEN {
+            a[i] = i as u8;
+            b[i] = (i + 20) as u8;
+        }
+        (NodeId(a), NodeId(b))
+    }
+
+    fn body(datagram: &[u8]) -> String {
+        hex::encode(&datagram[1 + MESSAGE_ID_LEN..])
+    }
+
+    // Expected bytes below are `umsgpack.packb(...)` output of u-msgpack-python 2.8.0.
+
+    #[test]
+    fn requests_encode_like_umsgpack() {
+        let (sender, key) = ids();
+        let ping = encode_request(&ID, &Request::Ping { sender });
+        assert_eq!(ping[0], REQUEST);
+        assert_eq!(&ping[1..21], &ID);
+        assert_eq!(body(&ping), "92a470696e6791c414000102030405060708090a0b0c0d0e0f10111213");
+        let store =
+            encode_request(&ID, &Request::Store { sender, key, value: Value::Str("héllo".into()) });
+        assert_eq!(
+            body(&store),
+            "92a573746f726593c414000102030405060708090a0b0c0d0e0f10111213\
+             c4141415161718191a1b1c1d1e1f2021222324252627a668c3a96c6c6f"
+        );
+    }
+
+    #[test]
+    fn responses_encode_like_umsgpack() {
+        let (id, _) = ids();
+        let contact = Contact { id, addr: "127.0.0.1:5678".parse().unwrap() };
+        assert_eq!(
+            body(&encode_response(&ID, &Response::Nodes(vec![contact]))),
+            "9193c414000102030405060708090a0b0c0d0e0f10111213a93132372e302e302e31cd162e"
+        );
+        assert_eq!(
+            body(&encode_response(&ID, &Response::FoundValue(Value::Float(1.5)))),
+            "81a576616c7565cb3ff8000000000000"
+        );
+        assert_eq!(
+            body(&encode_response(&ID, &Response::Stun("127.0.0.1:4000".parse().unwrap()))),
+            "92a93132372e302e302e31cd0fa0"
+        );
+        assert_eq!(body(&encode_response(&ID, &Response::Stored(true))), "c3");
+    }
+
+    #[test]
+    fn integers_use_the_smallest_form() {
+        let ints: Vec<Msgpack> = [
+            0i128,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            (1 << 32) - 1,
+            1 << 32,
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32768,
+            -32769,
+            -(1 << 31),
+            -(1 << 31) - 1,
+            i128::from(i64::MAX),
+            i128::from(i64::MIN),
+        ]
+        .into_iter()
+        .map(|n| match u64::try_from(n) {
+            Ok(n) => Msgpack::from(n),
+            Err(_) => Msgpack::from(n as i64),
+        })
+        .collect();
+        let packed = encode_msgpack(&Msgpack::Array(ints.clone()));
+        assert_eq!(
+            hex::encode(&packed),
+            "dc0014007fcc80ccffcd0100cdffffce00010000ceffffffffcf0000000100000000ffe0d0dfd080\
+             d1ff7fd18000d2ffff7fffd280000000d3ffffffff7fffffffcf7fffffffffffffffd38000000000000000"
+        );
+        assert_eq!(decode_msgpack(&packed).unwrap(), Msgpack::Array(ints));
+        assert_eq!(
+            hex::encode(encode_msgpack(&Msgpack::from("x".repeat(40)))),
+            format!("d928{}", "78".repeat(40))
+        );
+        let sixteen = Msgpack::Array((0..16u64).map(Msgpack::from).collect());
+        assert_eq!(hex::encode(encode_msgpack(&sixteen)), "dc0010000102030405060708090a0b0c0d0e0f");
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let (sender, key) = ids();
+        let requests = vec![
+            Request::Stun,
+            Request::Ping { sender },
+            Request::FindNode { sender, key },
+            Request::FindValue { sender, key },
+            Request::Store { sender, key, value: Value::Int(-70000) },
+            Request::Store { sender, key, value: Value::Float(-0.25) },
+            Request::Store { sender, key, value: Value::Bool(false) },
+            Request::Store { sender, key, value: Value::Str("x".repeat(300)) },
+            Request::Store { sender, key, value: Value::Bytes(vec![7; 70000]) },
+            Request::Extension {
+                name: "kadscale_load".into(),
+                args: vec![Msgpack::Binary(sender.0.to_vec()), Msgpack::Map(vec![]), Msgpack::Nil],
+            },
+        ];
+        for request in requests {
+            let bytes = encode_request(&ID, &request);
+            assert_eq!(decode_datagram(&bytes), Ok(Datagram::Request { id: ID, request }));
+        }
+    }
+
+    #[test]
+    fn every_response_round_trips_through_its_reader() {
+        let (id, other) = ids();
+        let contacts = vec![
+            Contact { id, addr: "127.0.0.1:5678".parse().unwrap() },
+            Contact { id: other, addr: "[::1]:7000".parse().unwrap() },
+        ];
+        let decode_body =
+            |response: &Response| match decode_datagram(&encode_response(&ID, response)) {
+                Ok(Datagram::Response { id: got, body }) if got == ID => body,
+                other => panic!("not a response: {other:?}"),
+            };
+        assert_eq!(ping_answer(&decode_body(&Response::Ping(id))), Ok(id));
+        assert_eq!(store_answer(&decode_body(&Response::Stored(true))), Ok(true));
+        let addr: SocketAddr = "10.1.2.3:65535".parse().unwrap();
+        assert_eq!(stun_answer(&decode_body(&Response::Stun(addr))), Ok(addr));
+        assert_eq!(
+            find_node_answer(&decode_body(&Response::Nodes(contacts.clone()))),
+            Ok(contacts.clone())
+        );
+        assert_eq!(
+            find_value_answer(&decode_body(&Response::Nodes(contacts.clone()))),
+            Ok(FindValueAnswer::Nodes(contacts))
+        );
+        for value in [
+            Value::Int(i64::MAX),
+            Value::Float(3.25),
+            Value::Bool(true),
+            Value::Str("v".into()),
+            Value::Bytes(vec![0, 1]),
+        ] {
+            assert_eq!(
+                find_value_answer(&decode_body(&Response::FoundValue(value.clone()))),
+                Ok(FindValueAnswer::Value(value))
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_procedures_decode_as_extensions() {
+        let mut bytes = frame(REQUEST, &ID);
+        bytes.extend_from_slice(&encode_msgpack(&Msgpack::Array(vec![
+            Msgpack::from("kadscale_load"),
+            Msgpack::Array(vec![Msgpack::from(1)]),
+        ])));
+        match decode_datagram(&bytes) {
+            Ok(Datagram::Request { request: Request::Extension { name, args }, .. }) => {
+                assert_eq!(name, "kadscale_load");
+                assert_eq!(args, vec![Msgpack::from(1)]);
+            }
+            other => panic!("expected an extension, got {other:?}"),
+        }
+    }
+
+    fn request_with_body(body: &Msgpack) -> Vec<u8> {
+        let mut bytes = frame(REQUEST, &ID);
+        bytes.extend_from_slice(&encode_msgpack(body));
+        bytes
+    }
+
+    #[test]
+    fn errors_name_the_offset_or_the_field() {
+        assert_eq!(decode_datagram(&[0; 21]), Err(DecodeError::TooShort(21)));
+        assert_eq!(decode_datagram(&[7; 30]), Err(DecodeError::UnknownType(7)));
+        // A bin32 claiming 4 GiB in a 26-byte datagram: refused before allocating.
+        let mut huge = frame(REQUEST, &ID);
+        huge.extend_from_slice(&[0xc6, 0xff, 0xff, 0xff, 0xff]);
+        let error = decode_datagram(&huge).unwrap_err();
+        assert_eq!(
+            error,
+            DecodeError::Msgpack {
+                offset: 22,
+                reason: "length 4294967295 exceeds the 0 bytes left".into()
+            }
+        );
+        let mut truncated = encode_request(&ID, &Request::Ping { sender: NodeId::ZERO });
+        truncated.truncate(truncated.len() - 3);
+        assert!(
+            matches!(decode_datagram(&truncated), Err(DecodeError::Msgpack { offset: 29, .. })),
+            "{:?}",
+            decode_datagram(&truncated)
+        );
+        let wrong_id = request_with_body(&Msgpack::Array(vec![
+            Msgpack::from("ping"),
+            Msgpack::Array(vec![Msgpack::from("not an id")]),
+        ]));
+        assert_eq!(
+            decode_datagram(&wrong_id).unwrap_err().to_string(),
+            "ping node_id: expected bin of 20 bytes, got str"
+        );
+        let wrong_arity = request_with_body(&Msgpack::Array(vec![
+            Msgpack::from("find_node"),
+            Msgpack::Array(vec![]),
+        ]));
+        assert_eq!(
+            decode_datagram(&wrong_arity).unwrap_err().to_string(),
+            "find_node args: expected 2 arguments, got 0"
+        );
+        let mut trailing = encode_request(&ID, &Request::Stun);
+        trailing.push(0xc0);
+        assert!(matches!(decode_datagram(&trailing), Err(DecodeError::Msgpack { .. })));
+        let mut deep = frame(REQUEST, &ID);
+        deep.extend(std::iter::repeat_n(0x91, 100));
+        deep.push(0xc0);
+        assert!(decode_datagram(&deep).unwrap_err().to_string().contains("nesting deeper than 32"));
+    }
+
+    #[test]
+    fn answers_with_wrong_shapes_are_refused() {
+        assert!(ping_answer(&Msgpack::from(3)).is_err());
+        assert!(
+            find_node_answer(&Msgpack::Array(vec![Msgpack::Array(vec![Msgpack::Nil])])).is_err()
+        );
+        let bad_port = Msgpack::Array(vec![Msgpack::Array(vec![
+            Msgpack::Binary(vec![0; 20]),
+            Msgpack::from("127.0.0.1"),
+            Msgpack::from(70000),
+        ])]);
+        assert_eq!(
+            find_node_answer(&bad_port).unwrap_err().to_string(),
+            "find_node answer [0] port: expected a port number, got 70000"
+        );
+        assert!(
+            find_value_answer(&Msgpack::Map(vec![(Msgpack::from("other"), Msgpack::Nil)])).is_err()
+        );
+        assert!(
+            find_value_answer(&Msgpack::Map(vec![(Msgpack::from("value"), Msgpack::Nil)])).is_err()
+        );
+    }
+}
