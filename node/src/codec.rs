@@ -34,6 +34,9 @@ pub type MessageId = [u8; MESSAGE_ID_LEN];
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Int(i64),
+    /// An integer above `i64::MAX`: Python stores ints up to `u64::MAX`, so a peer must too.
+    /// Decoding puts every integer that fits an i64 in [`Value::Int`].
+    UInt(u64),
     Float(f64),
     Bool(bool),
     Str(String),
@@ -44,7 +47,7 @@ impl Value {
     /// The type name used on the CLI and in JSON output.
     pub fn type_name(&self) -> &'static str {
         match self {
-            Value::Int(_) => "int",
+            Value::Int(_) | Value::UInt(_) => "int",
             Value::Float(_) => "float",
             Value::Bool(_) => "bool",
             Value::Str(_) => "str",
@@ -55,7 +58,7 @@ impl Value {
     /// Size in bytes of the payload, for storage limits.
     pub fn payload_len(&self) -> usize {
         match self {
-            Value::Int(_) | Value::Float(_) => 8,
+            Value::Int(_) | Value::UInt(_) | Value::Float(_) => 8,
             Value::Bool(_) => 1,
             Value::Str(text) => text.len(),
             Value::Bytes(bytes) => bytes.len(),
@@ -315,9 +318,11 @@ fn id_from_msgpack(value: &Msgpack) -> Result<NodeId, String> {
 /// Converts a msgpack value to a storable [`Value`]; anything else is refused with a reason.
 pub fn value_from_msgpack(value: &Msgpack) -> Result<Value, String> {
     match value {
-        Msgpack::Integer(n) => {
-            n.as_i64().map(Value::Int).ok_or_else(|| format!("integer {n} does not fit in i64"))
-        }
+        Msgpack::Integer(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(n), _) => Ok(Value::Int(n)),
+            (None, Some(n)) => Ok(Value::UInt(n)),
+            (None, None) => Err(format!("integer {n} is neither an i64 nor a u64")),
+        },
         Msgpack::F64(f) => Ok(Value::Float(*f)),
         Msgpack::F32(f) => Ok(Value::Float(f64::from(*f))),
         Msgpack::Boolean(b) => Ok(Value::Bool(*b)),
@@ -334,6 +339,7 @@ pub fn value_from_msgpack(value: &Msgpack) -> Result<Value, String> {
 pub fn value_to_msgpack(value: &Value) -> Msgpack {
     match value {
         Value::Int(n) => Msgpack::from(*n),
+        Value::UInt(n) => Msgpack::from(*n),
         Value::Float(f) => Msgpack::F64(*f),
         Value::Bool(b) => Msgpack::Boolean(*b),
         Value::Str(text) => Msgpack::from(text.as_str()),
@@ -654,6 +660,7 @@ fn write_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
 fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Int(n) => write_int(out, i128::from(*n)),
+        Value::UInt(n) => write_int(out, i128::from(*n)),
         Value::Float(f) => write_f64(out, *f),
         Value::Bool(b) => write_bool(out, *b),
         Value::Str(text) => write_str(out, text),
