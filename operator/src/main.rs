@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", kadscale_operator::crd::crd_yaml().unwrap());
+}
