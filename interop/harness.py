@@ -8,10 +8,13 @@ outlives the test that started it.
 import asyncio
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -167,6 +170,82 @@ class DhtNode(Process):
             f"{self.label}: /readyz not 200 within {timeout}s (last: {status} {body!r})\n{self.report()}"
         )
 
+    async def wait_ready_async(self, timeout=15.0):
+        """wait_ready for code running on an event loop that must keep serving Python nodes."""
+        deadline = time.monotonic() + timeout
+        status, body = None, ""
+        while time.monotonic() < deadline:
+            self.assert_running()
+            status, body = await asyncio.to_thread(self.admin_get, "/readyz")
+            if status == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"{self.label}: /readyz not 200 within {timeout}s (last: {status} {body!r})\n{self.report()}"
+        )
+
+
+class PyWorker(Process):
+    """interop/pyworker.py as its own process, configured through DHT_PORT and BOOTSTRAP_NODES
+    like the Python workers of the replaced system, driven through its --control channel."""
+
+    def __init__(self, bootstrap_nodes, ksize=20):
+        self.port = free_udp_port()
+        env = {
+            "DHT_PORT": str(self.port),
+            "DHT_HOST": HOST,
+            "DHT_KSIZE": str(ksize),
+            "BOOTSTRAP_NODES": bootstrap_nodes,
+        }
+        super().__init__(
+            f"pyworker-{self.port}",
+            [sys.executable, str(INTEROP_DIR / "pyworker.py"), "--control"],
+            env=env,
+            stdin=subprocess.PIPE,
+        )
+        self.lines = queue.Queue()
+        threading.Thread(target=self._follow_stdout, daemon=True).start()
+
+    def _follow_stdout(self):
+        """Feeds the JSON lines the worker writes to its stdout file into `self.lines`."""
+        with open(self.stdout_path, "rb") as out:
+            buffer = b""
+            while True:
+                chunk = out.readline()
+                if not chunk:
+                    if self.popen.poll() is not None:
+                        return
+                    time.sleep(0.02)
+                    continue
+                buffer += chunk
+                if buffer.endswith(b"\n"):
+                    self.lines.put(json.loads(buffer))
+                    buffer = b""
+
+    def next_line(self, timeout):
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.label}: no answer within {timeout}s\n{self.report()}") from None
+
+    def wait_ready(self, timeout=20.0):
+        line = self.next_line(timeout)
+        assert line.get("ready") is True, f"{self.label}: unexpected first line {line!r}"
+        return line
+
+    def command(self, timeout=20.0, **command):
+        self.assert_running()
+        self.popen.stdin.write((json.dumps(command) + "\n").encode())
+        self.popen.stdin.flush()
+        answer = self.next_line(timeout)
+        assert answer.get("ok") is not False, f"{self.label}: {command} failed: {answer}\n{self.report()}"
+        return answer
+
+    def terminate(self, grace=5.0):
+        if self.popen.stdin and not self.popen.stdin.closed:
+            self.popen.stdin.close()
+        return super().terminate(grace)
+
 
 class ProcessGroup:
     """Every child process of one test, torn down together."""
@@ -180,6 +259,9 @@ class ProcessGroup:
 
     def dht_node(self, mode, **kwargs):
         return self.add(DhtNode(mode, **kwargs))
+
+    def pyworker(self, bootstrap_nodes, ksize=20):
+        return self.add(PyWorker(bootstrap_nodes, ksize))
 
     def report(self):
         return "\n".join(p.report() for p in self.processes)
@@ -251,26 +333,77 @@ def value_from_cli_json(text):
 
 async def cli_put(bootstrap, key, value):
     kind, text = cli_type_and_text(value)
-    return await run_cli("put", "--bootstrap", bootstrap, key, text, "--type", kind)
+    # `--` ends the options: values such as -7 and keys starting with "-" are positionals.
+    return await run_cli("put", "--bootstrap", bootstrap, "--type", kind, "--", key, text)
 
 
 async def cli_get(bootstrap, key):
     """(value or None, CliResult) of `dht-node get --output json`."""
-    result = await run_cli("get", "--bootstrap", bootstrap, key, "--output", "json")
+    result = await run_cli("get", "--bootstrap", bootstrap, "--output", "json", "--", key)
     if result.returncode == 0:
         return value_from_cli_json(result.stdout), result
     return None, result
 
 
-async def start_python_node(ksize=20, bootstrap=()):
-    """A `kademlia.network.Server` listening on a free loopback port, bootstrapped off `bootstrap`."""
-    server = Server(ksize=ksize)
-    port = free_udp_port()
-    await server.listen(port, interface=HOST)
-    server.kadscale_addr = f"{HOST}:{port}"
-    if bootstrap:
-        await server.bootstrap([parse_addr(a) for a in bootstrap])
-    return server
+class Phases:
+    """What a long scenario is doing right now, so a timeout says where it got stuck."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.log = []
+
+    def enter(self, name):
+        self.log.append(f"{time.monotonic() - self.started:6.1f}s {name}")
+
+    def __str__(self):
+        return "\n".join(self.log) or "(no phase entered)"
+
+
+def run_async(coro, timeout, phases=None):
+    """Runs one test scenario on a fresh event loop, failing it after `timeout` seconds."""
+    async def bounded():
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"scenario did not finish within {timeout}s; phases:\n{phases}") from None
+
+    return asyncio.run(bounded())
+
+
+async def gather_limited(limit, coros):
+    """asyncio.gather with at most `limit` of `coros` running at once (CLI processes on 2 cores)."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def limited(coro):
+        async with semaphore:
+            return await coro
+
+    return await asyncio.gather(*(limited(c) for c in coros))
+
+
+class PythonNodes:
+    """In-process kademlia Servers on the running loop; `async with` stops them all on exit."""
+
+    def __init__(self):
+        self.servers = []
+
+    async def start(self, ksize=20, bootstrap=()):
+        """A `kademlia.network.Server` on a free loopback port, bootstrapped off `bootstrap` (host:port)."""
+        server = Server(ksize=ksize)
+        port = free_udp_port()
+        await server.listen(port, interface=HOST)
+        self.servers.append(server)
+        server.kadscale_addr = f"{HOST}:{port}"
+        if bootstrap:
+            await server.bootstrap([parse_addr(a) for a in bootstrap])
+        return server
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        for server in self.servers:
+            server.stop()
 
 
 def parse_addr(text):
