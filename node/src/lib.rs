@@ -4,5 +4,9 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod codec;
+pub mod config;
 pub mod id;
+pub mod lookup;
+pub mod routing;
+pub mod storage;
 pub mod tier;

@@ -1,0 +1,81 @@
+//! Tunables of a node, with the Python package's defaults where it has one.
+
+use std::time::Duration;
+
+use crate::id::NodeId;
+
+/// Everything a [`crate::node::Node`] can be tuned with.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node's id; random when not given.
+    pub node_id: Option<NodeId>,
+    /// Bucket size and the number of closest nodes a value is stored on (Python: 20).
+    pub k: usize,
+    /// Parallel queries per lookup round (Python: 3).
+    pub alpha: usize,
+    /// How long a call waits for its answer (rpcudp: 5 s).
+    pub rpc_timeout: Duration,
+    /// Calls awaiting an answer at once; further calls fail fast instead of growing memory.
+    pub max_outstanding_calls: usize,
+    /// How long a stored value lives (Python: one week).
+    pub storage_ttl: Duration,
+    /// Most values held at once; the oldest is dropped to make room.
+    pub max_stored_values: usize,
+    /// Largest value payload accepted, in bytes.
+    pub max_value_size: usize,
+    /// How often stale buckets are refreshed and old values republished (Python: one hour).
+    pub refresh_interval: Duration,
+    /// A bucket untouched for this long gets a refresh lookup (Python: one hour).
+    pub bucket_stale_after: Duration,
+    /// Values older than this are republished at each refresh (Python: one hour).
+    pub republish_after: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            node_id: None,
+            k: 20,
+            alpha: 3,
+            rpc_timeout: Duration::from_secs(5),
+            max_outstanding_calls: 4096,
+            storage_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_stored_values: 100_000,
+            max_value_size: 64 * 1024,
+            refresh_interval: Duration::from_secs(3600),
+            bucket_stale_after: Duration::from_secs(3600),
+            republish_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("k must be at least 1")]
+    ZeroK,
+    #[error("alpha must be at least 1")]
+    ZeroAlpha,
+    #[error("max_outstanding_calls must be at least 1")]
+    ZeroOutstandingCalls,
+    #[error("rpc_timeout must be longer than zero")]
+    ZeroTimeout,
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.k == 0 {
+            return Err(ConfigError::ZeroK);
+        }
+        if self.alpha == 0 {
+            return Err(ConfigError::ZeroAlpha);
+        }
+        if self.max_outstanding_calls == 0 {
+            return Err(ConfigError::ZeroOutstandingCalls);
+        }
+        if self.rpc_timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,454 @@
+//! The iterative lookup ("spider crawl") as a pure state machine, round by round as the Python
+//! package does it:
+//! 1. query the `alpha` closest uncontacted nodes among the `k` closest known;
+//! 2. when a round ends, merge the answers; nodes that failed are dropped;
+//! 3. when a round did not change the `k` closest, the next one queries all uncontacted of them;
+//! 4. stop when the `k` closest have all been contacted, or, for `find_value`, when a value came.
+//!
+//! [`crate::node`] drives it with the transport; tests drive it with made-up answers.
+
+use std::collections::HashSet;
+
+use crate::codec::{Contact, Value};
+use crate::id::{Distance, NodeId};
+
+/// How many candidates beyond `k` a lookup remembers: failed nodes make farther ones visible,
+/// as in Python's heap, but a peer that answers with endless made-up ids cannot grow memory.
+const CANDIDATE_SLACK_FACTOR: usize = 8;
+
+/// Which procedure the lookup sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupKind {
+    FindNode,
+    FindValue,
+}
+
+impl LookupKind {
+    pub fn method(self) -> &'static str {
+        match self {
+            LookupKind::FindNode => "find_node",
+            LookupKind::FindValue => "find_value",
+        }
+    }
+}
+
+/// How a lookup ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LookupOutcome {
+    /// The `k` closest nodes that answered, closest first (for `find_value`: none had it).
+    Nodes(Vec<Contact>),
+    /// A value was found. `store_at` is the closest node that answered without it, which
+    /// should be given the value (Python's `nearest_without_value`).
+    Value { value: Value, store_at: Option<Contact> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Waiting,
+    InFlight,
+    Answered,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    contact: Contact,
+    distance: Distance,
+    state: State,
+}
+
+/// One lookup in progress.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    target: NodeId,
+    kind: LookupKind,
+    k: usize,
+    alpha: usize,
+    own_id: NodeId,
+    /// Sorted by distance to the target, closest first.
+    candidates: Vec<Candidate>,
+    /// Nodes that failed to answer: dropped and never re-added.
+    failed: HashSet<NodeId>,
+    /// Ids of the `k` closest when the previous round started.
+    previous_closest: Vec<NodeId>,
+    values: Vec<Value>,
+    nearest_without_value: Option<(Distance, Contact)>,
+}
+
+impl Lookup {
+    /// A lookup of `target` seeded with `seeds`; `own_id` is never queried.
+    pub fn new(
+        target: NodeId,
+        kind: LookupKind,
+        seeds: impl IntoIterator<Item = Contact>,
+        k: usize,
+        alpha: usize,
+        own_id: NodeId,
+    ) -> Lookup {
+        let mut lookup = Lookup {
+            target,
+            kind,
+            k: k.max(1),
+            alpha: alpha.max(1),
+            own_id,
+            candidates: Vec::new(),
+            failed: HashSet::new(),
+            previous_closest: Vec::new(),
+            values: Vec::new(),
+            nearest_without_value: None,
+        };
+        lookup.merge(seeds);
+        lookup
+    }
+
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
+
+    pub fn kind(&self) -> LookupKind {
+        self.kind
+    }
+
+    fn visible(&self) -> &[Candidate] {
+        &self.candidates[..self.candidates.len().min(self.k)]
+    }
+
+    fn in_flight(&self) -> bool {
+        self.candidates.iter().any(|candidate| candidate.state == State::InFlight)
+    }
+
+    /// True when the lookup has its answer: no call is outstanding and either a value came or
+    /// every one of the `k` closest has been contacted.
+    pub fn is_done(&self) -> bool {
+        !self.in_flight()
+            && (!self.values.is_empty()
+                || self.visible().iter().all(|candidate| candidate.state != State::Waiting))
+    }
+
+    /// The nodes to query next. Empty while a round is in flight or when the lookup is done;
+    /// every node returned must be answered with [`Lookup::on_nodes`], [`Lookup::on_value`] or
+    /// [`Lookup::on_failure`].
+    pub fn next_batch(&mut self) -> Vec<Contact> {
+        if self.in_flight() || self.is_done() {
+            return Vec::new();
+        }
+        let closest: Vec<NodeId> =
+            self.visible().iter().map(|candidate| candidate.contact.id).collect();
+        let count = if closest == self.previous_closest { self.k } else { self.alpha };
+        self.previous_closest = closest;
+        let visible = self.candidates.len().min(self.k);
+        let mut batch = Vec::new();
+        for candidate in self.candidates[..visible].iter_mut() {
+            if batch.len() == count {
+                break;
+            }
+            if candidate.state == State::Waiting {
+                candidate.state = State::InFlight;
+                batch.push(candidate.contact);
+            }
+        }
+        batch
+    }
+
+    fn position(&self, id: &NodeId) -> Option<usize> {
+        self.candidates.iter().position(|candidate| candidate.contact.id == *id)
+    }
+
+    fn mark_answered(&mut self, from: &NodeId) -> Option<Contact> {
+        let index = self.position(from)?;
+        let candidate = &mut self.candidates[index];
+        if candidate.state != State::InFlight {
+            return None;
+        }
+        candidate.state = State::Answered;
+        Some(candidate.contact)
+    }
+
+    /// `from` answered with contacts (a `find_node` answer, or `find_value` without the value).
+    pub fn on_nodes(&mut self, from: &NodeId, contacts: Vec<Contact>) {
+        let Some(answered) = self.mark_answered(from) else {
+            return;
+        };
+        if self.kind == LookupKind::FindValue {
+            let distance = answered.id.distance(&self.target);
+            if self.nearest_without_value.is_none_or(|(nearest, _)| distance < nearest) {
+                self.nearest_without_value = Some((distance, answered));
+            }
+        }
+        // An honest peer sends at most k; more is ignored rather than trusted.
+        self.merge(contacts.into_iter().take(self.k));
+    }
+
+    /// `from` answered a `find_value` with the value.
+    pub fn on_value(&mut self, from: &NodeId, value: Value) {
+        if self.mark_answered(from).is_some() {
+            self.values.push(value);
+        }
+    }
+
+    /// `from` did not answer (or answered nonsense): it is dropped from the lookup.
+    pub fn on_failure(&mut self, from: &NodeId) {
+        if let Some(index) = self.position(from) {
+            if self.candidates[index].state == State::InFlight {
+                self.candidates.remove(index);
+                self.failed.insert(*from);
+            }
+        }
+    }
+
+    fn merge(&mut self, contacts: impl IntoIterator<Item = Contact>) {
+        for contact in contacts {
+            if contact.id == self.own_id
+                || self.failed.contains(&contact.id)
+                || self.position(&contact.id).is_some()
+            {
+                continue;
+            }
+            let distance = contact.id.distance(&self.target);
+            let index = self.candidates.partition_point(|candidate| candidate.distance <= distance);
+            self.candidates.insert(index, Candidate { contact, distance, state: State::Waiting });
+        }
+        // Never-queried candidates far down the list are forgotten; queried ones are kept so
+        // that they are not queried again.
+        let limit = self.k * CANDIDATE_SLACK_FACTOR;
+        let mut index = 0;
+        self.candidates.retain(|candidate| {
+            index += 1;
+            index <= limit || candidate.state != State::Waiting
+        });
+    }
+
+    /// The result, once [`Lookup::is_done`] (or earlier, with what is known so far).
+    pub fn outcome(&self) -> LookupOutcome {
+        if let Some(value) = most_common(&self.values) {
+            return LookupOutcome::Value {
+                value,
+                store_at: self.nearest_without_value.map(|(_, contact)| contact),
+            };
+        }
+        LookupOutcome::Nodes(
+            self.candidates
+                .iter()
+                .filter(|candidate| candidate.state == State::Answered)
+                .take(self.k)
+                .map(|candidate| candidate.contact)
+                .collect(),
+        )
+    }
+}
+
+/// The value most peers returned (Python's `Counter.most_common`), first seen on a tie.
+fn most_common(values: &[Value]) -> Option<Value> {
+    let mut best: Option<(&Value, usize)> = None;
+    for value in values {
+        let count = values.iter().filter(|other| *other == value).count();
+        if best.is_none_or(|(_, best_count)| count > best_count) {
+            best = Some((value, count));
+        }
+    }
+    best.map(|(value, _)| value.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::routing::RoutingTable;
+
+    fn contact(id: NodeId, port: u16) -> Contact {
+        Contact { id, addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port) }
+    }
+
+    /// A simulated network: every node has a routing table of some others.
+    struct Network {
+        nodes: Vec<Contact>,
+        tables: HashMap<NodeId, RoutingTable>,
+        values: HashMap<NodeId, Value>,
+        dead: HashSet<NodeId>,
+    }
+
+    impl Network {
+        fn new(size: u16, k: usize) -> Network {
+            let nodes: Vec<Contact> = (0..size).map(|i| contact(NodeId::random(), i + 1)).collect();
+            let mut tables = HashMap::new();
+            for (i, node) in nodes.iter().enumerate() {
+                let mut table = RoutingTable::new(node.id, k);
+                // Every node has heard of every other; its buckets keep what Kademlia keeps.
+                for (j, other) in nodes.iter().enumerate() {
+                    if i != j {
+                        table.add(*other);
+                    }
+                }
+                tables.insert(node.id, table);
+            }
+            Network { nodes, tables, values: HashMap::new(), dead: HashSet::new() }
+        }
+
+        fn run(&self, lookup: &mut Lookup) -> (LookupOutcome, usize) {
+            let mut queried = 0;
+            loop {
+                let batch = lookup.next_batch();
+                if batch.is_empty() {
+                    assert!(lookup.is_done());
+                    return (lookup.outcome(), queried);
+                }
+                for peer in batch {
+                    queried += 1;
+                    if self.dead.contains(&peer.id) {
+                        lookup.on_failure(&peer.id);
+                    } else if let (LookupKind::FindValue, Some(value)) =
+                        (lookup.kind(), self.values.get(&peer.id))
+                    {
+                        lookup.on_value(&peer.id, value.clone());
+                    } else {
+                        let answer = self.tables[&peer.id].closest(&lookup.target(), 20, None);
+                        lookup.on_nodes(&peer.id, answer);
+                    }
+                }
+            }
+        }
+
+        fn true_closest(&self, target: &NodeId, count: usize) -> Vec<Contact> {
+            let mut all: Vec<Contact> =
+                self.nodes.iter().filter(|c| !self.dead.contains(&c.id)).copied().collect();
+            all.sort_by_key(|c| c.id.distance(target));
+            all.truncate(count);
+            all
+        }
+    }
+
+    #[test]
+    fn find_node_converges_on_the_true_closest() {
+        let network = Network::new(300, 20);
+        let own = NodeId::random();
+        for _ in 0..10 {
+            let target = NodeId::random();
+            let seeds = vec![network.nodes[0]];
+            let mut lookup = Lookup::new(target, LookupKind::FindNode, seeds, 20, 3, own);
+            let (outcome, queried) = network.run(&mut lookup);
+            assert_eq!(outcome, LookupOutcome::Nodes(network.true_closest(&target, 20)));
+            assert!(queried < 300, "a lookup should not crawl the whole network");
+        }
+    }
+
+    #[test]
+    fn first_round_queries_alpha_and_stalled_round_queries_all_k() {
+        let target = NodeId::random();
+        let seeds: Vec<Contact> = (0..10).map(|i| contact(NodeId::random(), i + 1)).collect();
+        let mut lookup =
+            Lookup::new(target, LookupKind::FindNode, seeds.clone(), 20, 3, NodeId::ZERO);
+        let first = lookup.next_batch();
+        assert_eq!(first.len(), 3);
+        assert!(lookup.next_batch().is_empty(), "no new round while one is in flight");
+        for peer in &first {
+            lookup.on_nodes(&peer.id, vec![]);
+        }
+        // Nothing new was learnt: the next round asks every remaining uncontacted one.
+        let second = lookup.next_batch();
+        assert_eq!(second.len(), 7);
+        for peer in &second {
+            lookup.on_failure(&peer.id);
+        }
+        assert!(lookup.is_done());
+        match lookup.outcome() {
+            LookupOutcome::Nodes(nodes) => assert_eq!(nodes.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn failed_nodes_are_dropped_and_not_re_added() {
+        let mut network = Network::new(200, 20);
+        let target = NodeId::random();
+        let victims: Vec<NodeId> = network.true_closest(&target, 5).iter().map(|c| c.id).collect();
+        network.dead.extend(victims.iter().copied());
+        let mut lookup =
+            Lookup::new(target, LookupKind::FindNode, vec![network.nodes[3]], 20, 3, NodeId::ZERO);
+        let (outcome, _) = network.run(&mut lookup);
+        let LookupOutcome::Nodes(nodes) = outcome else { panic!("no value lookup") };
+        assert!(nodes.iter().all(|c| !victims.contains(&c.id)));
+        // Answers hold 20 contacts of which 5 are the dead ones, so the alive nodes ranked
+        // beyond what answers reveal stay unknown, exactly as with Python's crawl.
+        let truth = network.true_closest(&target, 20);
+        assert!(nodes.len() >= 15, "only {} nodes found", nodes.len());
+        assert_eq!(nodes[..15], truth[..15]);
+        assert!(nodes
+            .windows(2)
+            .all(|pair| pair[0].id.distance(&target) < pair[1].id.distance(&target)));
+    }
+
+    #[test]
+    fn find_value_short_circuits_and_names_the_nearest_without_it() {
+        let mut network = Network::new(200, 20);
+        let target = NodeId::random();
+        let holders = network.true_closest(&target, 3);
+        for holder in &holders {
+            network.values.insert(holder.id, Value::Str("v".into()));
+        }
+        let mut lookup =
+            Lookup::new(target, LookupKind::FindValue, vec![network.nodes[9]], 20, 3, NodeId::ZERO);
+        let (outcome, _) = network.run(&mut lookup);
+        match outcome {
+            LookupOutcome::Value { value, store_at } => {
+                assert_eq!(value, Value::Str("v".into()));
+                let store_at = store_at.expect("someone answered without the value");
+                assert!(!holders.iter().any(|holder| holder.id == store_at.id));
+            }
+            other => panic!("expected the value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn find_value_without_holders_ends_with_nodes() {
+        let network = Network::new(100, 20);
+        let target = NodeId::random();
+        let mut lookup =
+            Lookup::new(target, LookupKind::FindValue, vec![network.nodes[1]], 20, 3, NodeId::ZERO);
+        let (outcome, _) = network.run(&mut lookup);
+        assert_eq!(outcome, LookupOutcome::Nodes(network.true_closest(&target, 20)));
+    }
+
+    #[test]
+    fn own_id_unknown_and_duplicate_answers_are_ignored() {
+        let own = NodeId::random();
+        let peer = contact(NodeId::random(), 1);
+        let mut lookup = Lookup::new(
+            NodeId::random(),
+            LookupKind::FindNode,
+            vec![peer, contact(own, 2)],
+            20,
+            3,
+            own,
+        );
+        let batch = lookup.next_batch();
+        assert_eq!(batch, vec![peer]);
+        lookup.on_nodes(&NodeId::random(), vec![contact(NodeId::random(), 3)]);
+        lookup.on_nodes(&peer.id, vec![peer, contact(own, 2)]);
+        lookup.on_nodes(&peer.id, vec![contact(NodeId::random(), 4)]);
+        assert!(lookup.is_done());
+        assert_eq!(lookup.outcome(), LookupOutcome::Nodes(vec![peer]));
+    }
+
+    #[test]
+    fn endless_made_up_contacts_stay_bounded() {
+        let target = NodeId::random();
+        let liar = contact(NodeId::random(), 1);
+        let mut lookup = Lookup::new(target, LookupKind::FindNode, vec![liar], 4, 1, NodeId::ZERO);
+        for _ in 0..50 {
+            for peer in lookup.next_batch() {
+                let made_up = (0..100).map(|i| contact(NodeId::random(), i)).collect();
+                lookup.on_nodes(&peer.id, made_up);
+            }
+            let waiting = lookup.candidates.iter().filter(|c| c.state == State::Waiting).count();
+            assert!(waiting <= 4 * CANDIDATE_SLACK_FACTOR, "{waiting} candidates kept");
+        }
+    }
+
+    #[test]
+    fn most_common_value_wins() {
+        let values = [Value::Int(1), Value::Int(2), Value::Int(2)];
+        assert_eq!(most_common(&values), Some(Value::Int(2)));
+        assert_eq!(most_common(&[]), None);
+    }
+}

@@ -1,0 +1,380 @@
+//! The routing table: k-buckets over the 160-bit id space, split the way the Python package
+//! splits them, each with a bounded replacement cache. Pure data, no I/O: the caller does the
+//! pinging that [`Insert::BucketFull`] asks for and reports failures with [`RoutingTable::remove`].
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::codec::Contact;
+use crate::id::NodeId;
+
+/// Python keeps up to `5 * k` replacement contacts per bucket.
+pub const REPLACEMENT_FACTOR: usize = 5;
+
+/// Python splits a full bucket that does not hold the own id only when its depth is not a
+/// multiple of this (section 4.2 of the Kademlia paper).
+const SPLIT_DEPTH_MODULUS: u32 = 5;
+
+/// What [`RoutingTable::add`] did with a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    /// The contact is new in its bucket.
+    Added,
+    /// The contact was known; it is now the most recently seen of its bucket.
+    Refreshed,
+    /// The bucket is full and cannot split: the contact waits in the replacement cache. The
+    /// caller should ping `least_recent`; if it fails to answer, [`RoutingTable::remove`] it
+    /// and the newest replacement takes its place.
+    BucketFull { least_recent: Contact },
+    /// The contact carries the table's own id and is never stored.
+    OwnId,
+}
+
+#[derive(Clone, Debug)]
+struct Bucket {
+    /// Inclusive range of ids this bucket covers.
+    low: NodeId,
+    high: NodeId,
+    /// Least recently seen first, as Python's OrderedDict.
+    contacts: Vec<Contact>,
+    /// Oldest first; the newest is promoted when a contact is removed.
+    replacements: Vec<Contact>,
+    last_touched: Instant,
+}
+
+impl Bucket {
+    fn new(low: NodeId, high: NodeId, now: Instant) -> Bucket {
+        Bucket { low, high, contacts: Vec::new(), replacements: Vec::new(), last_touched: now }
+    }
+
+    fn covers(&self, id: &NodeId) -> bool {
+        self.low <= *id && *id <= self.high
+    }
+
+    /// Python's `KBucket.add_node`: true when the contact is in the bucket proper afterwards.
+    fn add(&mut self, contact: Contact, k: usize, max_replacements: usize) -> bool {
+        if let Some(index) = self.contacts.iter().position(|known| known.id == contact.id) {
+            self.contacts.remove(index);
+            self.contacts.push(contact);
+            return true;
+        }
+        if self.contacts.len() < k {
+            self.contacts.push(contact);
+            return true;
+        }
+        self.replacements.retain(|known| known.id != contact.id);
+        self.replacements.push(contact);
+        if self.replacements.len() > max_replacements {
+            let excess = self.replacements.len() - max_replacements;
+            self.replacements.drain(..excess);
+        }
+        false
+    }
+
+    /// Length of the id prefix that all contacts share (Python's `KBucket.depth`).
+    fn depth(&self) -> u32 {
+        let Some(first) = self.contacts.first() else {
+            return 0;
+        };
+        self.contacts
+            .iter()
+            .map(|contact| first.id.shared_prefix_len(&contact.id))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// k-buckets around one node's own id.
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    own_id: NodeId,
+    k: usize,
+    max_replacements: usize,
+    /// Sorted by range, covering the whole id space without overlap.
+    buckets: Vec<Bucket>,
+}
+
+impl RoutingTable {
+    pub fn new(own_id: NodeId, k: usize) -> RoutingTable {
+        RoutingTable {
+            own_id,
+            k,
+            max_replacements: k * REPLACEMENT_FACTOR,
+            buckets: vec![Bucket::new(NodeId::ZERO, NodeId::MAX, Instant::now())],
+        }
+    }
+
+    pub fn own_id(&self) -> NodeId {
+        self.own_id
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Number of contacts in buckets proper (replacements not counted).
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|bucket| bucket.contacts.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.iter().all(|bucket| bucket.contacts.is_empty())
+    }
+
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    fn bucket_index(&self, id: &NodeId) -> usize {
+        // The buckets tile the id space, so the first whose upper end is >= id holds it.
+        self.buckets.partition_point(|bucket| bucket.high < *id).min(self.buckets.len() - 1)
+    }
+
+    /// True when no bucket proper holds a contact with this id (Python's `is_new_node`).
+    pub fn is_new(&self, id: &NodeId) -> bool {
+        let bucket = &self.buckets[self.bucket_index(id)];
+        !bucket.contacts.iter().any(|contact| contact.id == *id)
+    }
+
+    /// The contact with this id, if a bucket proper holds it.
+    pub fn get(&self, id: &NodeId) -> Option<Contact> {
+        let bucket = &self.buckets[self.bucket_index(id)];
+        bucket.contacts.iter().find(|contact| contact.id == *id).copied()
+    }
+
+    /// Adds or refreshes a contact, splitting buckets as Python's `RoutingTable.add_contact`.
+    pub fn add(&mut self, contact: Contact) -> Insert {
+        if contact.id == self.own_id {
+            return Insert::OwnId;
+        }
+        let was_known = !self.is_new(&contact.id);
+        loop {
+            let index = self.bucket_index(&contact.id);
+            let (k, max_replacements) = (self.k, self.max_replacements);
+            let bucket = &mut self.buckets[index];
+            bucket.last_touched = Instant::now();
+            if bucket.add(contact, k, max_replacements) {
+                return if was_known { Insert::Refreshed } else { Insert::Added };
+            }
+            let splittable = bucket.low < bucket.high
+                && (bucket.covers(&self.own_id) || bucket.depth() % SPLIT_DEPTH_MODULUS != 0);
+            if !splittable {
+                // The contact stays in the replacement cache that `Bucket::add` put it in.
+                return Insert::BucketFull { least_recent: bucket.contacts[0] };
+            }
+            self.split(index);
+        }
+    }
+
+    fn split(&mut self, index: usize) {
+        let bucket = self.buckets.remove(index);
+        let midpoint = bucket.low.midpoint(&bucket.high);
+        let mut lower = Bucket::new(bucket.low, midpoint, bucket.last_touched);
+        let mut upper = Bucket::new(midpoint.successor(), bucket.high, bucket.last_touched);
+        for contact in bucket.contacts.into_iter().chain(bucket.replacements) {
+            let half = if contact.id <= midpoint { &mut lower } else { &mut upper };
+            half.add(contact, self.k, self.max_replacements);
+        }
+        self.buckets.insert(index, upper);
+        self.buckets.insert(index, lower);
+    }
+
+    /// Removes a contact that failed to answer; the bucket's newest replacement takes its place.
+    pub fn remove(&mut self, id: &NodeId) -> bool {
+        let index = self.bucket_index(id);
+        let bucket = &mut self.buckets[index];
+        bucket.replacements.retain(|contact| contact.id != *id);
+        let Some(position) = bucket.contacts.iter().position(|contact| contact.id == *id) else {
+            return false;
+        };
+        bucket.contacts.remove(position);
+        if let Some(replacement) = bucket.replacements.pop() {
+            bucket.contacts.push(replacement);
+        }
+        true
+    }
+
+    /// Up to `count` contacts closest to `target`, closest first, without the contact whose id
+    /// is `target` and without any at address `exclude` (Python's `find_neighbors`).
+    pub fn closest(
+        &self,
+        target: &NodeId,
+        count: usize,
+        exclude: Option<SocketAddr>,
+    ) -> Vec<Contact> {
+        let mut candidates: Vec<Contact> = self
+            .buckets
+            .iter()
+            .flat_map(|bucket| bucket.contacts.iter())
+            .filter(|contact| contact.id != *target && Some(contact.addr) != exclude)
+            .copied()
+            .collect();
+        if candidates.len() > count && count > 0 {
+            candidates.select_nth_unstable_by_key(count - 1, |contact| contact.id.distance(target));
+            candidates.truncate(count);
+        }
+        candidates.truncate(count);
+        candidates.sort_unstable_by_key(|contact| contact.id.distance(target));
+        candidates
+    }
+
+    /// Marks the bucket holding `target` as used now, as a lookup near it does in Python.
+    pub fn touch(&mut self, target: &NodeId) {
+        let index = self.bucket_index(target);
+        self.buckets[index].last_touched = Instant::now();
+    }
+
+    /// Ranges `(low, high)` of buckets not touched since `now - max_age`, for refresh lookups.
+    pub fn stale_buckets(&self, now: Instant, max_age: Duration) -> Vec<(NodeId, NodeId)> {
+        self.buckets
+            .iter()
+            .filter(|bucket| now.saturating_duration_since(bucket.last_touched) >= max_age)
+            .map(|bucket| (bucket.low, bucket.high))
+            .collect()
+    }
+
+    /// Every contact in buckets proper.
+    pub fn contacts(&self) -> Vec<Contact> {
+        self.buckets.iter().flat_map(|bucket| bucket.contacts.iter().copied()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::id::ID_LEN;
+
+    fn contact(id: NodeId, port: u16) -> Contact {
+        Contact { id, addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port) }
+    }
+
+    fn id_with_first_byte(first: u8, last: u8) -> NodeId {
+        let mut bytes = [0u8; ID_LEN];
+        bytes[0] = first;
+        bytes[ID_LEN - 1] = last;
+        NodeId(bytes)
+    }
+
+    #[test]
+    fn fills_one_bucket_then_splits_around_the_own_id() {
+        let mut table = RoutingTable::new(NodeId::ZERO, 4);
+        for i in 0..4u8 {
+            assert_eq!(
+                table.add(contact(id_with_first_byte(0x80 + i, 0), 1000 + u16::from(i))),
+                Insert::Added
+            );
+        }
+        assert_eq!(table.bucket_count(), 1);
+        // A fifth contact near the own id: the bucket holds the own id, so it splits.
+        assert_eq!(table.add(contact(id_with_first_byte(0x01, 0), 2000)), Insert::Added);
+        assert_eq!(table.bucket_count(), 2);
+        assert_eq!(table.len(), 5);
+    }
+
+    #[test]
+    fn far_full_bucket_keeps_replacements_and_promotes_them_on_removal() {
+        let mut table = RoutingTable::new(NodeId::ZERO, 2);
+        let a = id_with_first_byte(0b1000_0000, 0);
+        let b = id_with_first_byte(0b1000_0100, 0);
+        let c = id_with_first_byte(0b1000_0110, 0);
+        table.add(contact(NodeId::ZERO.successor(), 9));
+        table.add(contact(a, 10));
+        // Full, but the only bucket holds the own id: it splits and b fits in the upper half.
+        assert_eq!(table.add(contact(b, 11)), Insert::Added);
+        assert_eq!(table.bucket_count(), 2);
+        // The upper half lacks the own id and a, b share 5 bits (a multiple of 5): no split.
+        assert_eq!(table.add(contact(c, 12)), Insert::BucketFull { least_recent: contact(a, 10) });
+        assert_eq!(table.bucket_count(), 2);
+        assert!(table.is_new(&c));
+        assert!(table.remove(&a));
+        assert!(!table.is_new(&c), "the replacement was promoted");
+        assert_eq!(table.get(&c).map(|found| found.addr.port()), Some(12));
+        assert!(!table.remove(&a), "already gone");
+    }
+
+    #[test]
+    fn replacement_cache_is_bounded() {
+        let k = 1;
+        let mut table = RoutingTable::new(NodeId::ZERO, k);
+        table.add(contact(id_with_first_byte(0x00, 1), 1));
+        // All in the far half and sharing 5 leading bits with each other: cannot split.
+        for i in 0..50u8 {
+            table.add(contact(id_with_first_byte(0b1000_0000, i), 100 + u16::from(i)));
+        }
+        let bucket_holding_far = table.bucket_index(&id_with_first_byte(0x80, 0));
+        assert_eq!(table.buckets[bucket_holding_far].replacements.len(), k * REPLACEMENT_FACTOR);
+    }
+
+    #[test]
+    fn own_id_is_never_stored() {
+        let own = NodeId::random();
+        let mut table = RoutingTable::new(own, 20);
+        assert_eq!(table.add(contact(own, 1)), Insert::OwnId);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn re_adding_refreshes_and_updates_the_address() {
+        let mut table = RoutingTable::new(NodeId::ZERO, 20);
+        let id = NodeId::random();
+        assert_eq!(table.add(contact(id, 1)), Insert::Added);
+        assert_eq!(table.add(contact(id, 2)), Insert::Refreshed);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get(&id).unwrap().addr.port(), 2);
+    }
+
+    #[test]
+    fn closest_returns_k_nearest_sorted_without_target_and_excluded() {
+        let own = NodeId::random();
+        let mut table = RoutingTable::new(own, 20);
+        let contacts: Vec<Contact> =
+            (0..2000u16).map(|port| contact(NodeId::random(), port + 1)).collect();
+        for c in &contacts {
+            table.add(*c);
+        }
+        let stored = table.contacts();
+        assert!(stored.len() > 20 && stored.len() < 2000);
+        let target = stored[5].id;
+        let excluded = stored[7].addr;
+        let found = table.closest(&target, 20, Some(excluded));
+        assert_eq!(found.len(), 20);
+        let mut expected: Vec<Contact> =
+            stored.iter().filter(|c| c.id != target && c.addr != excluded).copied().collect();
+        expected.sort_by_key(|c| c.id.distance(&target));
+        expected.truncate(20);
+        assert_eq!(found, expected);
+        assert!(table.closest(&target, 0, None).is_empty());
+    }
+
+    #[test]
+    fn buckets_tile_the_id_space() {
+        let mut table = RoutingTable::new(NodeId::random(), 3);
+        for port in 0..500 {
+            table.add(contact(NodeId::random(), port));
+        }
+        assert!(table.bucket_count() > 3);
+        assert_eq!(table.buckets[0].low, NodeId::ZERO);
+        assert_eq!(table.buckets.last().unwrap().high, NodeId::MAX);
+        for pair in table.buckets.windows(2) {
+            assert_eq!(pair[0].high.successor(), pair[1].low);
+        }
+        for bucket in &table.buckets {
+            assert!(bucket.contacts.iter().all(|c| bucket.covers(&c.id)));
+            assert!(bucket.contacts.len() <= 3);
+        }
+    }
+
+    #[test]
+    fn stale_buckets_are_reported_after_max_age() {
+        let mut table = RoutingTable::new(NodeId::random(), 20);
+        table.add(contact(NodeId::random(), 1));
+        assert!(table.stale_buckets(Instant::now(), Duration::from_secs(3600)).is_empty());
+        let later = Instant::now() + Duration::from_secs(3601);
+        assert_eq!(
+            table.stale_buckets(later, Duration::from_secs(3600)),
+            vec![(NodeId::ZERO, NodeId::MAX)]
+        );
+    }
+}
