@@ -240,7 +240,7 @@ pub fn merge(pool: &mut Vec<EndpointState>, fresh: Vec<BootstrapEndpoint>) -> Po
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -331,10 +331,10 @@ mod tests {
 
     /// A resolver answering from a table that the test changes between rounds.
     #[derive(Clone, Default)]
-    struct TableResolver(Arc<Mutex<HashMap<String, io::Result<Vec<SocketAddr>>>>>);
+    pub(crate) struct TableResolver(Arc<Mutex<HashMap<String, io::Result<Vec<SocketAddr>>>>>);
 
     impl TableResolver {
-        fn answer(&self, host: &str, answer: io::Result<Vec<&str>>) {
+        pub(crate) fn answer(&self, host: &str, answer: io::Result<Vec<&str>>) {
             let answer = answer.map(|list| list.into_iter().map(addr).collect());
             self.0.lock().unwrap().insert(host.to_string(), answer);
         }

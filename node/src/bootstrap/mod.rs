@@ -12,4 +12,5 @@ pub mod discovery;
 pub mod endpoint;
 pub mod health;
 pub mod load;
+pub mod manager;
 pub mod selection;
