@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use kadscale_node::tier::{RatioStatus, Tier, TierPlan};
 
+use crate::builders::{Children, ClusterIdentity};
 use crate::crd::DhtClusterStatus;
 use crate::time::{from_time, to_time};
 use crate::validate::Settings;
@@ -125,6 +126,36 @@ pub fn requeue_after(
     };
     // One second past the deadline, so the next reconcile sees it expired.
     [scale_down, worker_wait].into_iter().flatten().min().map(|d| d + Duration::from_secs(1))
+}
+
+/// Everything one reconcile decides, before it talks to the API server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub plan: TierPlan,
+    pub workers: WorkerPlan,
+    pub children: Children,
+    /// Apply the worker Deployment before the bootstrap side, because workers shrink.
+    pub workers_first: bool,
+    pub requeue_after: Option<Duration>,
+}
+
+/// Plans bootstrap and worker replicas from the settings, the previous status and what the
+/// cluster looks like, and builds every child object for them.
+pub fn decide(
+    id: &ClusterIdentity,
+    settings: &Settings,
+    previous: Option<&DhtClusterStatus>,
+    observed: Observed,
+    now: SystemTime,
+) -> Decision {
+    let plan = plan_bootstrap(settings, previous, now);
+    let waiting_since =
+        previous.and_then(|s| s.worker_growth_waiting_since.as_ref()).map(from_time);
+    let workers = plan_workers(settings, plan.bootstrap_replicas, observed, waiting_since, now);
+    let workers_first = observed.workers_applied.is_some_and(|current| workers.replicas < current);
+    let requeue_after = requeue_after(settings, &plan, &workers, now);
+    let children = Children::build(id, settings, plan.bootstrap_replicas, workers.replicas);
+    Decision { plan, workers, children, workers_first, requeue_after }
 }
 
 /// Records a plan in a status the way [`previous_plan`] reads it back.

@@ -1,0 +1,173 @@
+//! The one place that changes child objects: server-side apply with one field manager, and the
+//! deletion of children no longer wanted.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::builders::{Children, ClusterIdentity, EXPOSE_COMPONENT};
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "kadscale-operator";
+
+/// A request the API server refused or could not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{verb} {kind} {name}: {source}")]
+pub struct ApiError {
+    pub verb: &'static str,
+    pub kind: String,
+    pub name: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+impl ApiError {
+    pub fn new(
+        verb: &'static str,
+        kind: impl Into<String>,
+        name: &str,
+        source: kube::Error,
+    ) -> Self {
+        ApiError { verb, kind: kind.into(), name: name.to_string(), source }
+    }
+
+    /// Whether retrying the same request can succeed: forbidden and invalid requests need a
+    /// person (RBAC, an admission policy, the spec) and become a Degraded condition.
+    pub fn needs_a_person(&self) -> bool {
+        matches!(&self.source, kube::Error::Api(status) if status.is_forbidden() || status.is_invalid())
+    }
+}
+
+/// The applied children, as the API server returned them.
+pub struct Applied {
+    pub bootstrap_statefulset: StatefulSet,
+    pub worker_deployment: Deployment,
+}
+
+/// Applies every child. The worker Deployment goes first when it shrinks and last otherwise, so
+/// that workers shrink before bootstraps and bootstraps grow before workers.
+pub async fn apply_children(
+    client: &Client,
+    id: &ClusterIdentity,
+    children: &Children,
+    workers_first: bool,
+) -> Result<Applied, ApiError> {
+    let ns = id.namespace.as_str();
+    let mut worker_deployment = None;
+    if workers_first {
+        worker_deployment = Some(apply(client, ns, &children.worker_deployment).await?);
+    }
+    apply(client, ns, &children.bootstrap_service).await?;
+    let bootstrap_statefulset = apply(client, ns, &children.bootstrap_statefulset).await?;
+    apply(client, ns, &children.bootstrap_pdb).await?;
+    apply(client, ns, &children.client_service).await?;
+    for service in &children.expose_services {
+        apply(client, ns, service).await?;
+    }
+    match &children.network_policy {
+        Some(policy) => {
+            apply(client, ns, policy).await?;
+        }
+        None => delete_owned::<NetworkPolicy>(client, id, &id.name).await?,
+    }
+    delete_stale_expose_services(client, id, children).await?;
+    let worker_deployment = match worker_deployment {
+        Some(applied) => applied,
+        None => apply(client, ns, &children.worker_deployment).await?,
+    };
+    Ok(Applied { bootstrap_statefulset, worker_deployment })
+}
+
+/// Server-side applies `object` with the operator's field manager, taking over conflicting
+/// fields (the operator is the only writer of its children's specs).
+pub async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, ApiError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = object.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+        .await
+        .map_err(|source| ApiError::new("apply", kind::<K>(), &name, source))
+}
+
+/// Reads a child; `None` when it does not exist.
+pub async fn get<K>(client: &Client, namespace: &str, name: &str) -> Result<Option<K>, ApiError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name).await.map_err(|source| ApiError::new("get", kind::<K>(), name, source))
+}
+
+fn kind<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).into_owned()
+}
+
+/// Deletes `name` if it exists and this cluster owns it; a missing object is fine.
+async fn delete_owned<K>(client: &Client, id: &ClusterIdentity, name: &str) -> Result<(), ApiError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let Some(existing) = get::<K>(client, &id.namespace, name).await? else {
+        return Ok(());
+    };
+    if !owned_by(existing.meta(), id) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &id.namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(source) => Err(ApiError::new("delete", kind::<K>(), name, source)),
+    }
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, id: &ClusterIdentity) -> bool {
+    meta.owner_references.iter().flatten().any(|owner| owner.uid == id.uid)
+}
+
+/// Deletes expose Services of this cluster that `children` no longer has: bootstrap pods gone
+/// after a scale-down, or `spec.bootstrap.expose` unset.
+async fn delete_stale_expose_services(
+    client: &Client,
+    id: &ClusterIdentity,
+    children: &Children,
+) -> Result<(), ApiError> {
+    let api: Api<Service> = Api::namespaced(client.clone(), &id.namespace);
+    let selector = id
+        .labels(EXPOSE_COMPONENT)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let existing = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| ApiError::new("list", "Service", &selector, source))?;
+    let wanted: Vec<String> = children.expose_services.iter().map(ResourceExt::name_any).collect();
+    for service in existing.items {
+        let name = service.name_any();
+        if !wanted.contains(&name) && owned_by(&service.metadata, id) {
+            delete_owned::<Service>(client, id, &name).await?;
+        }
+    }
+    Ok(())
+}
