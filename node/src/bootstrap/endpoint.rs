@@ -58,6 +58,23 @@ impl FromStr for HostPort {
     }
 }
 
+/// A comma-separated list of `host:port` entries, as `--bootstrap` and `BOOTSTRAP_NODES` take;
+/// blank items (a trailing comma, an empty variable) are skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointList(pub Vec<HostPort>);
+
+impl FromStr for EndpointList {
+    type Err = HostPortError;
+
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        list.split(',')
+            .filter(|entry| !entry.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(EndpointList)
+    }
+}
+
 fn parse_port(entry: &str, port: &str) -> Result<u16, HostPortError> {
     match port.parse::<u16>() {
         Ok(port) if port != 0 => Ok(port),
@@ -251,6 +268,18 @@ mod tests {
         let bad_host = "no de:1".parse::<HostPort>().unwrap_err();
         assert!(bad_host.to_string().contains("host \"no de\""), "{bad_host}");
         assert!(matches!("a..b:1".parse::<HostPort>(), Err(HostPortError::BadHost { .. })));
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_skip_blanks() {
+        let list: EndpointList = "10.0.0.1:5678, bootstrap-secondary:5679,,".parse().unwrap();
+        assert_eq!(
+            list.0,
+            vec![host_port("10.0.0.1", 5678), host_port("bootstrap-secondary", 5679)]
+        );
+        assert_eq!("".parse::<EndpointList>(), Ok(EndpointList::default()));
+        let error = "10.0.0.1:5678,bad:port".parse::<EndpointList>().unwrap_err();
+        assert!(error.to_string().contains("\"bad:port\""), "{error}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! [`discovery`] (static list, DNS names, file; merging a fresh discovery into the pool),
 //! [`selection`] (the seed's four strategies), [`health`], [`backoff`], [`load`] (the
 //! `kadscale_load` procedure and the bootstrap side's counting). [`manager`] orchestrates them
-//! against a [`manager::Prober`], so the same logic runs over a real node or a fake one.
+//! against a [`manager::Prober`], so the same logic runs over a real node or a fake one;
+//! [`args`] holds the flags that configure it.
 
+pub mod args;
 pub mod backoff;
 pub mod discovery;
 pub mod endpoint;
