@@ -54,8 +54,10 @@ impl Bucket {
     /// Python's `KBucket.add_node`: true when the contact is in the bucket proper afterwards.
     fn add(&mut self, contact: Contact, k: usize, max_replacements: usize) -> bool {
         if let Some(index) = self.contacts.iter().position(|known| known.id == contact.id) {
-            self.contacts.remove(index);
-            self.contacts.push(contact);
+            // Most recently seen now; the known address stays, so that a datagram claiming
+            // a known id from elsewhere cannot redirect it (Python ignores it too).
+            let known = self.contacts.remove(index);
+            self.contacts.push(known);
             return true;
         }
         if self.contacts.len() < k {
@@ -316,13 +318,16 @@ mod tests {
     }
 
     #[test]
-    fn re_adding_refreshes_and_updates_the_address() {
+    fn re_adding_refreshes_but_keeps_the_known_address() {
         let mut table = RoutingTable::new(NodeId::ZERO, 20);
         let id = NodeId::random();
+        let other = NodeId::random();
         assert_eq!(table.add(contact(id, 1)), Insert::Added);
+        assert_eq!(table.add(contact(other, 3)), Insert::Added);
         assert_eq!(table.add(contact(id, 2)), Insert::Refreshed);
-        assert_eq!(table.len(), 1);
-        assert_eq!(table.get(&id).unwrap().addr.port(), 2);
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.get(&id).unwrap().addr.port(), 1);
+        assert_eq!(table.contacts().last().unwrap().id, id, "most recently seen last");
     }
 
     #[test]

@@ -1,0 +1,227 @@
+//! Prometheus metrics of one node, registered under the `dht` prefix.
+
+use std::fmt::{self, Write};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// How an outgoing call ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Timeout,
+    Error,
+}
+
+/// Why a datagram was dropped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than 22 bytes.
+    TooShort,
+    /// Type byte neither request nor response.
+    UnknownType,
+    /// Not valid msgpack, or not the shape the procedure takes.
+    Malformed,
+    /// A response nobody waits for, or from another address than the call went to.
+    Unmatched,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::UnknownType => "unknown_type",
+            DropReason::Malformed => "malformed",
+            DropReason::Unmatched => "unmatched",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub method: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: DropReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+/// Every metric a node updates; cheap to clone (handles to shared atomics).
+#[derive(Clone)]
+pub struct Metrics {
+    /// Outgoing calls by procedure and outcome.
+    pub rpc_calls: Family<CallLabels, Counter>,
+    /// Latency of outgoing calls that were answered, by procedure.
+    pub rpc_latency: Family<MethodLabels, Histogram>,
+    /// Incoming requests answered, by procedure.
+    pub requests_served: Family<MethodLabels, Counter>,
+    pub routing_table_contacts: Gauge,
+    pub stored_values: Gauge,
+    pub datagrams_dropped: Family<DropLabels, Counter>,
+    pub lookups: Family<LookupLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under `dht_`.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            rpc_calls: Family::default(),
+            rpc_latency: Family::new_with_constructor(|| {
+                // 100 µs to ~6.5 s: loopback answers to the 5 s timeout.
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.0001, 2.0, 17,
+                ))
+            }),
+            requests_served: Family::default(),
+            routing_table_contacts: Gauge::default(),
+            stored_values: Gauge::default(),
+            datagrams_dropped: Family::default(),
+            lookups: Family::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("dht");
+        registry.register(
+            "rpc_calls",
+            "Outgoing RPC calls by procedure and outcome",
+            metrics.rpc_calls.clone(),
+        );
+        registry.register(
+            "rpc_call_duration_seconds",
+            "Time until an outgoing RPC call was answered, by procedure",
+            metrics.rpc_latency.clone(),
+        );
+        registry.register(
+            "requests_served",
+            "Incoming RPC requests answered, by procedure",
+            metrics.requests_served.clone(),
+        );
+        registry.register(
+            "routing_table_contacts",
+            "Contacts in the routing table's buckets",
+            metrics.routing_table_contacts.clone(),
+        );
+        registry.register(
+            "stored_values",
+            "Values held in local storage",
+            metrics.stored_values.clone(),
+        );
+        registry.register(
+            "datagrams_dropped",
+            "Datagrams dropped unprocessed, by reason (malformed, unmatched, ...)",
+            metrics.datagrams_dropped.clone(),
+        );
+        registry.register(
+            "lookups",
+            "Iterative lookups by kind and outcome",
+            metrics.lookups.clone(),
+        );
+        metrics
+    }
+
+    /// Metrics registered nowhere, for nodes whose numbers nobody reads.
+    pub fn unregistered() -> Metrics {
+        Metrics::new(&mut Registry::default())
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        self.datagrams_dropped.get_or_create(&DropLabels { reason }).inc();
+    }
+
+    /// Datagrams dropped for any reason but [`DropReason::Unmatched`]: the malformed count.
+    pub fn malformed_total(&self) -> u64 {
+        [DropReason::TooShort, DropReason::UnknownType, DropReason::Malformed]
+            .into_iter()
+            .map(|reason| self.datagrams_dropped.get_or_create(&DropLabels { reason }).get())
+            .sum()
+    }
+
+    pub fn call_finished(&self, method: &str, outcome: Outcome, seconds: Option<f64>) {
+        self.rpc_calls.get_or_create(&CallLabels { method: method.to_owned(), outcome }).inc();
+        if let Some(seconds) = seconds {
+            self.rpc_latency
+                .get_or_create(&MethodLabels { method: method.to_owned() })
+                .observe(seconds);
+        }
+    }
+
+    pub fn request_served(&self, method: &str) {
+        self.requests_served.get_or_create(&MethodLabels { method: method.to_owned() }).inc();
+    }
+
+    pub fn lookup_finished(&self, kind: &str, outcome: &str) {
+        self.lookups
+            .get_or_create(&LookupLabels { kind: kind.to_owned(), outcome: outcome.to_owned() })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_every_metric_with_its_labels() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.dropped(DropReason::Malformed);
+        metrics.dropped(DropReason::TooShort);
+        metrics.dropped(DropReason::Unmatched);
+        metrics.call_finished("ping", Outcome::Ok, Some(0.002));
+        metrics.call_finished("ping", Outcome::Timeout, None);
+        metrics.request_served("find_node");
+        metrics.lookup_finished("find_value", "found");
+        metrics.routing_table_contacts.set(12);
+        assert_eq!(metrics.malformed_total(), 2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for expected in [
+            "dht_datagrams_dropped_total{reason=\"malformed\"} 1",
+            "dht_rpc_calls_total{method=\"ping\",outcome=\"timeout\"} 1",
+            "dht_rpc_call_duration_seconds_count{method=\"ping\"} 1",
+            "dht_requests_served_total{method=\"find_node\"} 1",
+            "dht_lookups_total{kind=\"find_value\",outcome=\"found\"} 1",
+            "dht_routing_table_contacts 12",
+            "dht_stored_values 0",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! A running DHT node: the protocol of the Python `kademlia` package on top of the
+//! [`Transport`], the [`RoutingTable`], [`Lookup`]s and [`Storage`].
+//!
+//! Incoming requests are answered inline on the receive loop (they only read and update local
+//! state); anything that needs the network (pushing values to a new contact, pinging the
+//! least recently seen contact of a full bucket) is spawned.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rmpv::Value as Msgpack;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{
+    find_node_answer, find_value_answer, ping_answer, store_answer, stun_answer, Contact,
+    DecodeError, FindValueAnswer, Request, Response, Value,
+};
+use crate::config::{ConfigError, NodeConfig};
+use crate::id::NodeId;
+use crate::lookup::{Lookup, LookupKind, LookupOutcome};
+use crate::metrics::Metrics;
+use crate::routing::{Insert, RoutingTable};
+use crate::storage::{Storage, StoreError};
+use crate::transport::{RequestHandler, RpcError, Transport};
+
+/// Answers a kadscale-only procedure: called with the caller's address and the arguments;
+/// `None` sends no answer. Runs on the receive loop, so it must be quick.
+pub type ExtensionHandler = Arc<dyn Fn(SocketAddr, Vec<Msgpack>) -> Option<Msgpack> + Send + Sync>;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("binding UDP {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Why a value was not stored in the network.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SetError {
+    #[error("no known peers to store on; join the network first")]
+    NoPeers,
+    #[error("none of the {tried} closest nodes stored the value")]
+    NotStored { tried: usize },
+    #[error(transparent)]
+    Refused(#[from] StoreError),
+}
+
+/// Where a value went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetReport {
+    /// Remote nodes that answered `store` with true.
+    pub stored_remotely: usize,
+    /// Whether this node keeps a copy (it is closer than the farthest of the k closest).
+    pub stored_locally: bool,
+}
+
+/// A running node; clones share it. Stops with [`Node::shutdown`].
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    config: NodeConfig,
+    local_addr: SocketAddr,
+    transport: Transport,
+    table: Mutex<RoutingTable>,
+    storage: Mutex<Storage>,
+    extensions: RwLock<HashMap<String, ExtensionHandler>>,
+    /// Contacts being pinged because their bucket is full: at most one ping each.
+    pinging: Mutex<HashSet<NodeId>>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Node {
+    /// Binds `listen`, starts answering requests and refreshing buckets.
+    pub async fn start(
+        listen: SocketAddr,
+        config: NodeConfig,
+        metrics: Metrics,
+    ) -> Result<Node, NodeError> {
+        config.validate()?;
+        let transport = Transport::bind(listen, config.max_outstanding_calls, metrics.clone())
+            .await
+            .map_err(|source| NodeError::Bind { addr: listen, source })?;
+        let local_addr =
+            transport.local_addr().map_err(|source| NodeError::Bind { addr: listen, source })?;
+        let id = config.node_id.unwrap_or_else(NodeId::random);
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                local_addr,
+                transport,
+                table: Mutex::new(RoutingTable::new(id, config.k)),
+                storage: Mutex::new(Storage::new(
+                    config.storage_ttl,
+                    config.max_stored_values,
+                    config.max_value_size,
+                )),
+                extensions: RwLock::new(HashMap::new()),
+                pinging: Mutex::new(HashSet::new()),
+                metrics,
+                shutdown: CancellationToken::new(),
+                config,
+            }),
+        };
+        let server = node.clone();
+        tokio::spawn(async move {
+            let shutdown = server.inner.shutdown.clone();
+            server.inner.transport.serve(&server, shutdown).await;
+        });
+        let refresher = node.clone();
+        tokio::spawn(async move { refresher.refresh_loop().await });
+        tracing::info!(id = %id, addr = %local_addr, "node listening");
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Contacts in the routing table's buckets.
+    pub fn routing_table_len(&self) -> usize {
+        lock(&self.inner.table).len()
+    }
+
+    /// Every contact in the routing table.
+    pub fn contacts(&self) -> Vec<Contact> {
+        lock(&self.inner.table).contacts()
+    }
+
+    /// Values held locally.
+    pub fn stored_len(&self) -> usize {
+        lock(&self.inner.storage).len()
+    }
+
+    /// Stops answering and refreshing; pending calls fail with [`RpcError::Closed`].
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Completes once [`Node::shutdown`] was called.
+    pub async fn closed(&self) {
+        self.inner.shutdown.cancelled().await;
+    }
+
+    /// Answers calls of the kadscale-only procedure `name` with `handler`.
+    pub fn register_extension(&self, name: impl Into<String>, handler: ExtensionHandler) {
+        let mut extensions =
+            self.inner.extensions.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        extensions.insert(name.into(), handler);
+    }
+
+    fn with_table<R>(&self, change: impl FnOnce(&mut RoutingTable) -> R) -> R {
+        let mut table = lock(&self.inner.table);
+        let result = change(&mut table);
+        self.inner.metrics.routing_table_contacts.set(table.len() as i64);
+        result
+    }
+
+    fn with_storage<R>(&self, change: impl FnOnce(&mut Storage) -> R) -> R {
+        let mut storage = lock(&self.inner.storage);
+        let result = change(&mut storage);
+        self.inner.metrics.stored_values.set(storage.len() as i64);
+        result
+    }
+
+    // ---- calls --------------------------------------------------------------------------
+
+    /// Pings `addr`; the answer is the peer's id. Leaves the routing table alone, as Python's
+    /// bootstrap ping does (the peer enters it when it answers a lookup).
+    pub async fn ping(&self, addr: SocketAddr, timeout: Duration) -> Result<NodeId, RpcError> {
+        let body =
+            self.inner.transport.call(addr, &Request::Ping { sender: self.id() }, timeout).await?;
+        ping_answer(&body).map_err(|source| RpcError::BadAnswer { peer: addr, source })
+    }
+
+    /// Asks `addr` which address this node's datagrams come from.
+    pub async fn stun(&self, addr: SocketAddr, timeout: Duration) -> Result<SocketAddr, RpcError> {
+        let body = self.inner.transport.call(addr, &Request::Stun, timeout).await?;
+        stun_answer(&body).map_err(|source| RpcError::BadAnswer { peer: addr, source })
+    }
+
+    /// Calls a kadscale-only procedure. Peers without it (Python nodes) never answer, which
+    /// ends in [`RpcError::Timeout`] and, unlike other calls, does not evict the peer.
+    pub async fn call_extension(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        args: Vec<Msgpack>,
+        timeout: Duration,
+    ) -> Result<Msgpack, RpcError> {
+        let request = Request::Extension { name: name.to_owned(), args };
+        self.inner.transport.call(addr, &request, timeout).await
+    }
+
+    /// Calls a known contact; an answer welcomes it, a failure evicts it from the routing
+    /// table (Python's `handle_call_response`).
+    async fn call_contact<T>(
+        &self,
+        contact: Contact,
+        request: Request,
+        read: fn(&Msgpack) -> Result<T, DecodeError>,
+    ) -> Result<T, RpcError> {
+        let timeout = self.inner.config.rpc_timeout;
+        let result = match self.inner.transport.call(contact.addr, &request, timeout).await {
+            Ok(body) => {
+                read(&body).map_err(|source| RpcError::BadAnswer { peer: contact.addr, source })
+            }
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(_) => self.welcome_if_new(contact),
+            // Local conditions say nothing about the peer.
+            Err(RpcError::TooManyCalls { .. } | RpcError::TooLarge { .. } | RpcError::Closed) => {}
+            Err(error) => {
+                tracing::debug!(peer = %contact.addr, %error, "evicting an unresponsive contact");
+                self.with_table(|table| table.remove(&contact.id));
+            }
+        }
+        result
+    }
+
+    async fn store_on(&self, contact: Contact, key: NodeId, value: Value) -> bool {
+        let request = Request::Store { sender: self.id(), key, value };
+        matches!(self.call_contact(contact, request, store_answer).await, Ok(true))
+    }
+
+    async fn find_on(
+        &self,
+        contact: Contact,
+        target: NodeId,
+        kind: LookupKind,
+    ) -> Result<FindValueAnswer, RpcError> {
+        let sender = self.id();
+        match kind {
+            LookupKind::FindNode => {
+                let request = Request::FindNode { sender, key: target };
+                let contacts = self.call_contact(contact, request, find_node_answer).await?;
+                Ok(FindValueAnswer::Nodes(contacts))
+            }
+            LookupKind::FindValue => {
+                let request = Request::FindValue { sender, key: target };
+                self.call_contact(contact, request, find_value_answer).await
+            }
+        }
+    }
+
+    // ---- lookups ------------------------------------------------------------------------
+
+    async fn run_lookup(
+        &self,
+        target: NodeId,
+        kind: LookupKind,
+        seeds: Vec<Contact>,
+    ) -> LookupOutcome {
+        let config = &self.inner.config;
+        self.with_table(|table| table.touch(&target));
+        let mut lookup = Lookup::new(target, kind, seeds, config.k, config.alpha, self.id());
+        loop {
+            let batch = lookup.next_batch();
+            if batch.is_empty() {
+                break;
+            }
+            let answers = join_all(batch.into_iter().map(|contact| async move {
+                (contact.id, self.find_on(contact, target, kind).await)
+            }))
+            .await;
+            for (id, answer) in answers {
+                match answer {
+                    Ok(FindValueAnswer::Nodes(contacts)) => lookup.on_nodes(&id, contacts),
+                    Ok(FindValueAnswer::Value(value)) => lookup.on_value(&id, value),
+                    Err(_) => lookup.on_failure(&id),
+                }
+            }
+        }
+        let outcome = lookup.outcome();
+        let result = match &outcome {
+            LookupOutcome::Value { .. } => "value",
+            LookupOutcome::Nodes(nodes) if nodes.is_empty() => "empty",
+            LookupOutcome::Nodes(_) => "nodes",
+        };
+        self.inner.metrics.lookup_finished(kind.method(), result);
+        outcome
+    }
+
+    fn closest_known(&self, target: &NodeId, count: usize) -> Vec<Contact> {
+        lock(&self.inner.table).closest(target, count, None)
+    }
+
+    /// Joins through `seeds` (contacts that answered a ping): an iterative `find_node` of
+    /// the own id. Returns the closest nodes found; the node is joined when its routing table
+    /// is not empty afterwards. This is the seam the bootstrap manager joins through.
+    pub async fn join(&self, seeds: Vec<Contact>) -> Vec<Contact> {
+        match self.run_lookup(self.id(), LookupKind::FindNode, seeds).await {
+            LookupOutcome::Nodes(nodes) => nodes,
+            LookupOutcome::Value { .. } => Vec::new(),
+        }
+    }
+
+    /// Python's `bootstrap(addrs)`: pings every address, then joins through those that
+    /// answered. Returns the closest nodes found.
+    pub async fn bootstrap(&self, addrs: &[SocketAddr]) -> Vec<Contact> {
+        let timeout = self.inner.config.rpc_timeout;
+        let pings = join_all(addrs.iter().map(|addr| async move {
+            match self.ping(*addr, timeout).await {
+                Ok(id) => Some(Contact { id, addr: *addr }),
+                Err(error) => {
+                    tracing::warn!(%addr, %error, "bootstrap node did not answer");
+                    None
+                }
+            }
+        }))
+        .await;
+        let seeds: Vec<Contact> =
+            pings.into_iter().flatten().filter(|c| c.id != self.id()).collect();
+        tracing::info!(answered = seeds.len(), asked = addrs.len(), "bootstrapping");
+        self.join(seeds).await
+    }
+
+    /// Stores `value` under the digest `key` on the k closest nodes (and here when this node
+    /// is closer than the farthest of them). Succeeds when one remote store did.
+    pub async fn set(&self, key: NodeId, value: Value) -> Result<SetReport, SetError> {
+        let limit = self.inner.config.max_value_size;
+        if value.payload_len() > limit {
+            return Err(StoreError::TooLarge { size: value.payload_len(), limit }.into());
+        }
+        let seeds = self.closest_known(&key, self.inner.config.k);
+        if seeds.is_empty() {
+            return Err(SetError::NoPeers);
+        }
+        let nodes = match self.run_lookup(key, LookupKind::FindNode, seeds).await {
+            LookupOutcome::Nodes(nodes) => nodes,
+            LookupOutcome::Value { .. } => Vec::new(),
+        };
+        let Some(farthest) = nodes.iter().map(|node| node.id.distance(&key)).max() else {
+            return Err(SetError::NoPeers);
+        };
+        let stored_locally = self.id().distance(&key) < farthest
+            && self.with_storage(|storage| storage.put(key, value.clone(), Instant::now())).is_ok();
+        let stores = nodes.iter().map(|node| self.store_on(*node, key, value.clone()));
+        let stored_remotely = join_all(stores).await.into_iter().filter(|stored| *stored).count();
+        if stored_remotely == 0 {
+            return Err(SetError::NotStored { tried: nodes.len() });
+        }
+        Ok(SetReport { stored_remotely, stored_locally })
+    }
+
+    /// The value under the digest `key`: local storage first, then an iterative
+    /// `find_value`. A found value is also stored at the closest node that lacked it.
+    pub async fn get(&self, key: NodeId) -> Option<Value> {
+        if let Some(value) = self.with_storage(|storage| storage.get(&key, Instant::now())) {
+            return Some(value);
+        }
+        let seeds = self.closest_known(&key, self.inner.config.k);
+        if seeds.is_empty() {
+            return None;
+        }
+        match self.run_lookup(key, LookupKind::FindValue, seeds).await {
+            LookupOutcome::Value { value, store_at } => {
+                if let Some(contact) = store_at {
+                    self.store_on(contact, key, value.clone()).await;
+                }
+                Some(value)
+            }
+            LookupOutcome::Nodes(_) => None,
+        }
+    }
+
+    // ---- the routing table's upkeep -----------------------------------------------------
+
+    /// Python's `welcome_if_new`: a contact never seen before gets the stored values it is
+    /// now among the closest holders of, then joins the routing table.
+    fn welcome_if_new(&self, contact: Contact) {
+        if contact.id == self.id() {
+            return;
+        }
+        let is_new = lock(&self.inner.table).is_new(&contact.id);
+        if is_new && !lock(&self.inner.storage).is_empty() {
+            let node = self.clone();
+            tokio::spawn(async move { node.hand_over_values(contact).await });
+        }
+        match self.with_table(|table| table.add(contact)) {
+            Insert::BucketFull { least_recent } => self.check_least_recent(least_recent),
+            Insert::Added | Insert::Refreshed | Insert::OwnId => {}
+        }
+    }
+
+    /// Stores at a new contact every value for which it is closer than the farthest known
+    /// holder while this node is closer than the closest one (section 2.5 of the paper).
+    async fn hand_over_values(&self, newcomer: Contact) {
+        let entries = lock(&self.inner.storage).entries();
+        let k = self.inner.config.k;
+        for (key, value) in entries {
+            let neighbors = self.closest_known(&key, k);
+            let deserves = match (neighbors.first(), neighbors.last()) {
+                (Some(closest), Some(farthest)) => {
+                    newcomer.id.distance(&key) < farthest.id.distance(&key)
+                        && self.id().distance(&key) < closest.id.distance(&key)
+                }
+                _ => true,
+            };
+            if deserves {
+                self.store_on(newcomer, key, value).await;
+            }
+        }
+    }
+
+    /// A full bucket's least recently seen contact is pinged; if it is gone, the newest
+    /// replacement takes its place (`call_contact` evicts it).
+    fn check_least_recent(&self, contact: Contact) {
+        if !lock(&self.inner.pinging).insert(contact.id) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let request = Request::Ping { sender: node.id() };
+            let _ = node.call_contact(contact, request, ping_answer).await;
+            lock(&node.inner.pinging).remove(&contact.id);
+        });
+    }
+
+    async fn refresh_loop(&self) {
+        let interval = self.inner.config.refresh_interval;
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            self.refresh().await;
+        }
+    }
+
+    /// Refreshes buckets nobody looked into lately with a lookup of a random id in their
+    /// range, then republishes values stored long enough ago (Python's `_refresh_table`).
+    pub async fn refresh(&self) {
+        let config = &self.inner.config;
+        let stale =
+            lock(&self.inner.table).stale_buckets(Instant::now(), config.bucket_stale_after);
+        let lookups = stale.into_iter().map(|(low, high)| {
+            let target = NodeId::random_in_range(&low, &high);
+            let seeds = self.closest_known(&target, config.alpha);
+            self.run_lookup(target, LookupKind::FindNode, seeds)
+        });
+        join_all(lookups).await;
+        let old = lock(&self.inner.storage).older_than(config.republish_after, Instant::now());
+        for (key, value) in old {
+            if let Err(error) = self.set(key, value).await {
+                tracing::debug!(key = %key, %error, "republishing failed");
+            }
+        }
+    }
+}
+
+impl RequestHandler for Node {
+    fn handle(&self, from: SocketAddr, request: Request) -> Option<Response> {
+        if let Some(sender) = request.sender() {
+            self.welcome_if_new(Contact { id: sender, addr: from });
+        }
+        let k = self.inner.config.k;
+        match request {
+            Request::Stun => Some(Response::Stun(from)),
+            Request::Ping { .. } => Some(Response::Ping(self.id())),
+            Request::Store { key, value, .. } => {
+                let stored = self.with_storage(|storage| storage.put(key, value, Instant::now()));
+                if let Err(error) = &stored {
+                    tracing::debug!(%from, %error, "refused a value");
+                }
+                Some(Response::Stored(stored.is_ok()))
+            }
+            Request::FindNode { key, .. } => {
+                Some(Response::Nodes(lock(&self.inner.table).closest(&key, k, Some(from))))
+            }
+            Request::FindValue { key, .. } => {
+                match self.with_storage(|storage| storage.get(&key, Instant::now())) {
+                    Some(value) => Some(Response::FoundValue(value)),
+                    None => {
+                        Some(Response::Nodes(lock(&self.inner.table).closest(&key, k, Some(from))))
+                    }
+                }
+            }
+            Request::Extension { name, args } => {
+                let handler = self
+                    .inner
+                    .extensions
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .get(&name)
+                    .cloned()?;
+                handler(from, args).map(Response::Extension)
+            }
+        }
+    }
+}

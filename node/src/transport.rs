@@ -1,0 +1,222 @@
+//! rpcudp over one UDP socket: requests go out from the listening socket (the receiver takes
+//! the source address as the caller's contact), answers are matched by message id and source
+//! address, incoming requests are handed to a [`RequestHandler`] and answered from the same
+//! socket. Malformed datagrams are counted and dropped.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rmpv::Value as Msgpack;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{
+    decode_datagram, encode_request, encode_response, Datagram, DecodeError, MessageId, Request,
+    Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN,
+};
+use crate::metrics::{DropReason, Metrics, Outcome};
+
+/// Largest datagram read; UDP payloads cannot be larger.
+const RECEIVE_BUFFER: usize = 65536;
+
+/// Why a call got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("no answer from {peer} within {timeout:?}")]
+    Timeout { peer: SocketAddr, timeout: Duration },
+    #[error("{max} calls are already awaiting answers")]
+    TooManyCalls { max: usize },
+    #[error("request body of {size} bytes exceeds the {MAX_REQUEST_BODY}-byte limit")]
+    TooLarge { size: usize },
+    #[error("sending to {peer}: {source}")]
+    Send { peer: SocketAddr, source: io::Error },
+    #[error("bad answer from {peer}: {source}")]
+    BadAnswer { peer: SocketAddr, source: DecodeError },
+    #[error("the node is shutting down")]
+    Closed,
+}
+
+/// Answers incoming requests. Runs on the receive loop, so it must not block.
+pub trait RequestHandler: Send + Sync {
+    /// The response to send back to `from`, or `None` to stay silent (unknown procedures).
+    fn handle(&self, from: SocketAddr, request: Request) -> Option<Response>;
+}
+
+struct PendingCall {
+    peer: SocketAddr,
+    reply: oneshot::Sender<Msgpack>,
+}
+
+/// One node's UDP endpoint.
+pub struct Transport {
+    socket: UdpSocket,
+    pending: Mutex<HashMap<MessageId, PendingCall>>,
+    max_outstanding: usize,
+    metrics: Metrics,
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare equal to their IPv4 form.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Removes a call's entry however the call ends: answered, timed out, or its future dropped.
+struct PendingGuard<'a> {
+    transport: &'a Transport,
+    id: MessageId,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.transport.pending().remove(&self.id);
+    }
+}
+
+impl Transport {
+    pub async fn bind(
+        addr: SocketAddr,
+        max_outstanding: usize,
+        metrics: Metrics,
+    ) -> io::Result<Transport> {
+        let socket = UdpSocket::bind(addr).await?;
+        Ok(Transport { socket, pending: Mutex::new(HashMap::new()), max_outstanding, metrics })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Calls awaiting an answer right now.
+    pub fn outstanding(&self) -> usize {
+        self.pending().len()
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<MessageId, PendingCall>> {
+        // A panic while holding this lock cannot leave the map inconsistent; keep going.
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `request` to `peer` and waits up to `timeout` for its answer's msgpack body.
+    pub async fn call(
+        &self,
+        peer: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Msgpack, RpcError> {
+        let method = request.method();
+        let started = Instant::now();
+        let result = self.call_unrecorded(canonical(peer), request, timeout).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(RpcError::Timeout { .. }) => Outcome::Timeout,
+            Err(_) => Outcome::Error,
+        };
+        let latency = result.is_ok().then(|| started.elapsed().as_secs_f64());
+        self.metrics.call_finished(method, outcome, latency);
+        result
+    }
+
+    async fn call_unrecorded(
+        &self,
+        peer: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Msgpack, RpcError> {
+        let id: MessageId = rand::random();
+        let datagram = encode_request(&id, request);
+        let body_size = datagram.len() - 1 - MESSAGE_ID_LEN;
+        if body_size > MAX_REQUEST_BODY {
+            return Err(RpcError::TooLarge { size: body_size });
+        }
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut pending = self.pending();
+            if pending.len() >= self.max_outstanding {
+                return Err(RpcError::TooManyCalls { max: self.max_outstanding });
+            }
+            pending.insert(id, PendingCall { peer, reply });
+        }
+        let _guard = PendingGuard { transport: self, id };
+        self.socket
+            .send_to(&datagram, peer)
+            .await
+            .map_err(|source| RpcError::Send { peer, source })?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err(RpcError::Closed),
+            Err(_) => Err(RpcError::Timeout { peer, timeout }),
+        }
+    }
+
+    /// Receives datagrams until `shutdown`: answers go to their callers, requests to `handler`.
+    pub async fn serve(&self, handler: &dyn RequestHandler, shutdown: CancellationToken) {
+        let mut buffer = vec![0u8; RECEIVE_BUFFER];
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.socket.recv_from(&mut buffer) => received,
+            };
+            match received {
+                Ok((len, from)) => self.dispatch(&buffer[..len], canonical(from), handler).await,
+                // ICMP errors of earlier sends surface here on some systems; they end nothing.
+                Err(error) => tracing::debug!(%error, "receiving a datagram failed"),
+            }
+        }
+        // Wake every caller still waiting: their calls cannot be answered any more.
+        self.pending().clear();
+    }
+
+    async fn dispatch(&self, datagram: &[u8], from: SocketAddr, handler: &dyn RequestHandler) {
+        match decode_datagram(datagram) {
+            Ok(Datagram::Request { id, request }) => {
+                let method = request.method().to_owned();
+                if let Some(response) = handler.handle(from, request) {
+                    self.metrics.request_served(&method);
+                    let answer = encode_response(&id, &response);
+                    if let Err(error) = self.socket.send_to(&answer, from).await {
+                        tracing::debug!(%from, %error, "sending an answer failed");
+                    }
+                }
+            }
+            Ok(Datagram::Response { id, body }) => self.accept_response(id, body, from),
+            Err(error) => {
+                let reason = match error {
+                    DecodeError::TooShort(_) => DropReason::TooShort,
+                    DecodeError::UnknownType(_) => DropReason::UnknownType,
+                    DecodeError::Msgpack { .. } | DecodeError::Field { .. } => {
+                        DropReason::Malformed
+                    }
+                };
+                self.metrics.dropped(reason);
+                tracing::debug!(%from, %error, len = datagram.len(), "dropped a datagram");
+            }
+        }
+    }
+
+    fn accept_response(&self, id: MessageId, body: Msgpack, from: SocketAddr) {
+        let mut pending = self.pending();
+        // Only the address the call went to may answer it: a third party that guesses or
+        // sniffs a message id cannot inject answers.
+        match pending.get(&id) {
+            Some(call) if call.peer == from => {
+                if let Some(call) = pending.remove(&id) {
+                    // The caller may have given up in the meantime; nothing to do then.
+                    let _ = call.reply.send(body);
+                }
+            }
+            _ => {
+                drop(pending);
+                self.metrics.dropped(DropReason::Unmatched);
+                tracing::debug!(%from, "dropped an answer that no call awaits");
+            }
+        }
+    }
+}
