@@ -3,11 +3,20 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Run every test suite: unit, interop, e2e.
-test: test-unit test-interop
+test: test-unit test-interop test-e2e
 
-# Rust unit and integration tests of the whole workspace.
+# Rust unit and integration tests of the whole workspace (the e2e crate runs in test-e2e).
 test-unit:
-    cargo test --workspace --all-targets
+    cargo test --workspace --exclude kadscale-e2e --all-targets
+
+# End-to-end tests of the chart, the operator and the image, on the test cluster (started if down).
+test-e2e mode="local": (cluster-up mode) image-oci
+    cargo build -p kadscale-operator --bin dht-operator
+    KUBECONFIG="$PWD/e2e/.run/kubeconfig" KADSCALE_E2E_REQUIRED=1 cargo test -p kadscale-e2e
+
+# Build the image (static binaries, user 65532) with umoci, no Docker: target/image/*.oci.tar.
+image-oci:
+    image/build-oci.sh
 
 # Interop tests against the real PyPI kademlia 2.2.3: Python nodes and dht-node processes on 127.0.0.1.
 test-interop: interop-venv

@@ -1,5 +1,6 @@
 //! Where the tests find the repository, the tools they drive and the place for their logs.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The workspace root (the parent of this crate).
@@ -36,4 +37,19 @@ pub fn helm_binary() -> PathBuf {
     } else {
         PathBuf::from("helm")
     }
+}
+
+/// A test that cannot run here (no cluster, no image): panics when `KADSCALE_E2E_REQUIRED` is
+/// set, else prints a loud skip notice and returns, so the caller can return early.
+pub fn skip_or_fail(test: &str, reason: &str, remedy: &str) {
+    if e2e_required() {
+        panic!("KADSCALE_E2E_REQUIRED is set but {reason}; {remedy}");
+    }
+    // Written to the stderr handle itself, past the test harness's output capture, so the skip
+    // is seen even though the test passes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED e2e test `{test}`: {reason}; {remedy}.\n*** `just test-e2e` prepares \
+         everything and runs the suite; KADSCALE_E2E_REQUIRED=1 turns this skip into a failure. ***\n"
+    );
 }
