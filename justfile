@@ -45,3 +45,7 @@ cluster-up mode="local":
 # Stop the test cluster and remove its state.
 cluster-down:
     e2e/controlplane/down.sh
+
+# Regenerate crds/dhtcluster.yaml from the DhtCluster type (a unit test fails while it is stale).
+crds:
+    cargo run -q -p kadscale-operator --bin dht-operator -- crd > crds/dhtcluster.yaml

@@ -19,6 +19,8 @@ pub const DEFAULT_IMAGE: &str = "kadscale/kadscale:0.1.0";
 
 /// The desired state of one Kademlia DHT: its workers, its bootstrap tier and the settings every
 /// node runs with.
+// Several printer columns share a `type_`, which clippy mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "kadscale.io",

@@ -6,7 +6,10 @@
 
 pub mod apply;
 pub mod builders;
+pub mod controller;
 pub mod crd;
+pub mod lease;
+pub mod metrics;
 pub mod plan;
 pub mod status;
 pub mod time;
