@@ -13,6 +13,10 @@ use tokio::time::Instant;
 /// The procedure name carried in the RPC request.
 pub const LOAD_PROCEDURE: &str = "kadscale_load";
 
+/// The kadscale-only notification a worker sends each seed it joined through, args
+/// `[node_id]`, answer `true`: how a bootstrap node counts the joins it served.
+pub const JOINED_PROCEDURE: &str = "kadscale_joined";
+
 /// What a bootstrap node says about its own load.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadReport {
@@ -155,10 +159,11 @@ impl SlidingCounter {
         self.head = second;
     }
 
-    fn add(&mut self, now: Instant) {
+    fn add(&mut self, now: Instant, events: u64) {
         self.advance(now);
         let len = self.buckets.len() as u64;
-        self.buckets[(self.head % len) as usize] += 1;
+        let bucket = &mut self.buckets[(self.head % len) as usize];
+        *bucket = bucket.saturating_add(events);
     }
 
     /// Events in the last `span` (whole seconds, the current one included, at most the window).
@@ -175,6 +180,8 @@ impl SlidingCounter {
 pub struct LoadTracker {
     joins: SlidingCounter,
     requests: SlidingCounter,
+    /// The request total at the last [`LoadTracker::observe_requests_total`].
+    requests_seen: u64,
     load_interval: Duration,
     max_joins_per_interval: u64,
 }
@@ -187,17 +194,22 @@ impl LoadTracker {
         LoadTracker {
             joins: SlidingCounter::new(load_interval.max(MINUTE), now),
             requests: SlidingCounter::new(MINUTE, now),
+            requests_seen: 0,
             load_interval,
             max_joins_per_interval,
         }
     }
 
     pub fn record_join(&mut self, now: Instant) {
-        self.joins.add(now);
+        self.joins.add(now, 1);
     }
 
-    pub fn record_request(&mut self, now: Instant) {
-        self.requests.add(now);
+    /// Takes the node's running total of requests served; what it grew by since the last
+    /// call counts as arriving now (a total below the last one restarts the count).
+    pub fn observe_requests_total(&mut self, now: Instant, total: u64) {
+        let new_requests = total.checked_sub(self.requests_seen).unwrap_or(total);
+        self.requests_seen = total;
+        self.requests.add(now, new_requests);
     }
 
     pub fn report(&mut self, now: Instant, routing_table_size: usize) -> LoadReport {
@@ -331,8 +343,8 @@ mod tests {
     fn requests_per_second_over_the_minute() {
         let start = Instant::now();
         let mut tracker = LoadTracker::new(MINUTE, 50, start);
-        for tenth in 0..100 {
-            tracker.record_request(at(start, f64::from(tenth) / 10.0));
+        for second in 0..10u64 {
+            tracker.observe_requests_total(at(start, second as f64), 10 * (second + 1));
         }
         // 100 requests in the first 10 seconds (second 0 to 9).
         assert_eq!(tracker.report(at(start, 9.5), 0).requests_per_second, 10.0);
@@ -340,5 +352,8 @@ mod tests {
             (tracker.report(at(start, 59.5), 0).requests_per_second - 100.0 / 60.0).abs() < 1e-9
         );
         assert_eq!(tracker.report(at(start, 75.0), 0).requests_per_second, 0.0);
+        // The node restarted its count: the new total is all new.
+        tracker.observe_requests_total(at(start, 80.0), 30);
+        assert_eq!(tracker.report(at(start, 80.0), 0).requests_per_second, 0.5);
     }
 }

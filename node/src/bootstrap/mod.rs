@@ -5,7 +5,8 @@
 //! [`discovery`] (static list, DNS names, file; merging a fresh discovery into the pool),
 //! [`selection`] (the seed's four strategies), [`health`], [`backoff`], [`load`] (the
 //! `kadscale_load` procedure and the bootstrap side's counting). [`manager`] orchestrates them
-//! against a [`manager::Prober`], so the same logic runs over a real node or a fake one;
+//! against a [`manager::Prober`], so the same logic runs over a real node
+//! ([`node_prober`], which also serves `kadscale_load` on bootstrap nodes) or a fake one;
 //! [`args`] holds the flags that configure it.
 
 pub mod args;
@@ -15,4 +16,5 @@ pub mod endpoint;
 pub mod health;
 pub mod load;
 pub mod manager;
+pub mod node_prober;
 pub mod selection;

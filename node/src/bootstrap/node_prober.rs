@@ -1,0 +1,290 @@
+//! The bootstrap manager over a real [`Node`], and the bootstrap side of `kadscale_load`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rmpv::Value as Msgpack;
+use tokio::time::Instant;
+
+use super::load::{LoadReport, LoadTracker, JOINED_PROCEDURE, LOAD_PROCEDURE};
+use super::manager::{ProbeError, Prober};
+use crate::codec::Contact;
+use crate::id::NodeId;
+use crate::metrics::{MethodLabels, Metrics};
+use crate::node::Node;
+use crate::transport::RpcError;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a single update, so a poisoned lock is still consistent.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Probes bootstrap endpoints with a running node's own RPCs.
+pub struct NodeProber {
+    node: Node,
+    /// The id each endpoint answered its last ping with: a join needs contacts, not addresses.
+    peer_ids: Mutex<HashMap<SocketAddr, NodeId>>,
+    /// How long the `kadscale_joined` notice to a seed may wait for its answer.
+    notice_timeout: Duration,
+}
+
+impl NodeProber {
+    pub fn new(node: Node, notice_timeout: Duration) -> Self {
+        NodeProber { node, peer_ids: Mutex::new(HashMap::new()), notice_timeout }
+    }
+
+    fn own_id_arg(&self) -> Vec<Msgpack> {
+        vec![Msgpack::Binary(self.node.id().as_bytes().to_vec())]
+    }
+
+    /// Tells each seed it served a join, in the background: Python seeds never answer, and
+    /// the join must not wait for them.
+    fn notify_seeds(&self, seeds: Vec<SocketAddr>) {
+        for seed in seeds {
+            let node = self.node.clone();
+            let args = self.own_id_arg();
+            let timeout = self.notice_timeout;
+            tokio::spawn(async move {
+                if let Err(error) = node.call_extension(seed, JOINED_PROCEDURE, args, timeout).await
+                {
+                    tracing::debug!(%seed, %error, "kadscale_joined not acknowledged");
+                }
+            });
+        }
+    }
+}
+
+impl Prober for NodeProber {
+    async fn ping(&self, addr: SocketAddr, timeout: Duration) -> Result<Duration, ProbeError> {
+        let started = Instant::now();
+        match self.node.ping(addr, timeout).await {
+            Ok(id) if id == self.node.id() => Err(ProbeError::IsSelf),
+            Ok(id) => {
+                lock(&self.peer_ids).insert(addr, id);
+                Ok(started.elapsed())
+            }
+            Err(RpcError::Timeout { .. }) => Err(ProbeError::Timeout(timeout)),
+            Err(error) => Err(ProbeError::Failed(error.to_string())),
+        }
+    }
+
+    async fn load(&self, addr: SocketAddr, timeout: Duration) -> Option<LoadReport> {
+        let answer = self
+            .node
+            .call_extension(addr, LOAD_PROCEDURE, self.own_id_arg(), timeout)
+            .await
+            .ok()?;
+        LoadReport::from_value(&answer)
+            .inspect_err(|error| tracing::warn!(%addr, %error, "ignoring a bad load report"))
+            .ok()
+    }
+
+    async fn join(&self, seeds: Vec<SocketAddr>) -> bool {
+        let contacts: Vec<Contact> = {
+            let ids = lock(&self.peer_ids);
+            seeds
+                .iter()
+                .filter_map(|addr| ids.get(addr).map(|id| Contact { id: *id, addr: *addr }))
+                .collect()
+        };
+        self.node.join(contacts).await;
+        let joined = self.node.routing_table_len() > 0;
+        if joined {
+            self.notify_seeds(seeds);
+        }
+        joined
+    }
+
+    fn routing_table_len(&self) -> usize {
+        self.node.routing_table_len()
+    }
+}
+
+/// Every procedure a kadscale node answers, for the request rate of its load report.
+const PROCEDURES: [&str; 7] =
+    ["stun", "ping", "store", "find_node", "find_value", LOAD_PROCEDURE, JOINED_PROCEDURE];
+
+fn requests_total(metrics: &Metrics) -> u64 {
+    PROCEDURES
+        .iter()
+        .map(|method| {
+            metrics
+                .requests_served
+                .get_or_create(&MethodLabels { method: (*method).to_owned() })
+                .get()
+        })
+        .sum()
+}
+
+/// Makes `node` answer `kadscale_load` from `tracker`, and count a join for every
+/// `kadscale_joined` notice. The handlers hold the node's metrics, not the node, so that they
+/// keep no node alive after its shutdown.
+pub fn serve_load(node: &Node, tracker: LoadTracker) {
+    let tracker = Arc::new(Mutex::new(tracker));
+    let metrics = node.metrics().clone();
+    let load_tracker = tracker.clone();
+    node.register_extension(
+        LOAD_PROCEDURE,
+        Arc::new(move |_from, _args| {
+            let now = Instant::now();
+            let routing_table_size =
+                usize::try_from(metrics.routing_table_contacts.get()).unwrap_or(0);
+            let mut tracker = lock(&load_tracker);
+            tracker.observe_requests_total(now, requests_total(&metrics));
+            Some(tracker.report(now, routing_table_size).to_value())
+        }),
+    );
+    node.register_extension(
+        JOINED_PROCEDURE,
+        Arc::new(move |_from, _args| {
+            lock(&tracker).record_join(Instant::now());
+            Some(Msgpack::Boolean(true))
+        }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::bootstrap::discovery::{Discovery, DiscoveryConfig, SystemResolver};
+    use crate::bootstrap::endpoint::HostPort;
+    use crate::bootstrap::manager::{
+        BootstrapManager, BootstrapMetrics, JoinOutcome, ManagerConfig,
+    };
+    use crate::bootstrap::selection::SelectionStrategy;
+    use crate::config::NodeConfig;
+
+    const TIMEOUT: Duration = Duration::from_millis(500);
+
+    async fn start_node() -> Node {
+        let config = NodeConfig { rpc_timeout: TIMEOUT, ..NodeConfig::default() };
+        Node::start("127.0.0.1:0".parse().unwrap(), config, Metrics::unregistered()).await.unwrap()
+    }
+
+    async fn start_bootstrap(max_joins: u64) -> Node {
+        let node = start_node().await;
+        serve_load(&node, LoadTracker::new(Duration::from_secs(60), max_joins, Instant::now()));
+        node
+    }
+
+    fn manager_for(
+        node: &Node,
+        bootstraps: &[&Node],
+        strategy: SelectionStrategy,
+    ) -> BootstrapManager<NodeProber, SystemResolver> {
+        let static_entries = bootstraps
+            .iter()
+            .map(|b| HostPort {
+                host: b.local_addr().ip().to_string(),
+                port: b.local_addr().port(),
+            })
+            .collect();
+        let discovery = Discovery::new(
+            DiscoveryConfig { static_entries, ..DiscoveryConfig::default() },
+            SystemResolver,
+        )
+        .unwrap();
+        let config =
+            ManagerConfig { strategy, connection_timeout: TIMEOUT, ..ManagerConfig::default() };
+        let metrics = BootstrapMetrics::register(&mut Registry::default());
+        BootstrapManager::new(
+            Arc::new(NodeProber::new(node.clone(), TIMEOUT)),
+            discovery,
+            config,
+            metrics,
+        )
+    }
+
+    async fn load_of(prober: &NodeProber, node: &Node) -> LoadReport {
+        prober
+            .load(node.local_addr(), TIMEOUT)
+            .await
+            .expect("a kadscale bootstrap node reports its load")
+    }
+
+    #[tokio::test]
+    async fn workers_join_through_real_bootstrap_nodes_which_count_the_joins() {
+        let first = start_bootstrap(1).await;
+        let second = start_bootstrap(1).await;
+        second.bootstrap(&[first.local_addr()]).await;
+        let observer = NodeProber::new(start_node().await, TIMEOUT);
+        let before = load_of(&observer, &first).await;
+        assert_eq!(before.joins_last_minute, 0);
+        assert!(!before.overloaded);
+
+        for _ in 0..2 {
+            let worker = start_node().await;
+            let manager = manager_for(&worker, &[&first, &second], SelectionStrategy::RoundRobin);
+            manager.refresh_endpoints().await;
+            let attempt = manager.join_once(&mut HashSet::new()).await;
+            assert!(
+                matches!(attempt.outcome, JoinOutcome::Joined { ref seeds } if seeds.len() == 2),
+                "{attempt:?}"
+            );
+            assert!(worker.routing_table_len() >= 2);
+            assert!(manager.endpoints().iter().all(|s| s.health.last_rtt().is_some()));
+        }
+        // The notices travel in the background.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = load_of(&observer, &first).await;
+        assert_eq!(after.joins_last_minute, 2);
+        assert!(after.overloaded, "2 joins are above the limit of 1");
+        assert!(after.routing_table_size >= 3, "{after:?}");
+        assert!(after.requests_per_second > 0.0);
+    }
+
+    #[tokio::test]
+    async fn least_loaded_reads_real_load_reports() {
+        let busy = start_bootstrap(50).await;
+        let idle = start_bootstrap(50).await;
+        idle.bootstrap(&[busy.local_addr()]).await;
+        let announcer = NodeProber::new(start_node().await, TIMEOUT);
+        announcer.notify_seeds(vec![busy.local_addr(); 3]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let worker = start_node().await;
+        let manager = manager_for(&worker, &[&busy, &idle], SelectionStrategy::LeastLoaded);
+        manager.refresh_endpoints().await;
+        manager.refresh_load().await;
+        let reported = |node: &Node| {
+            let state =
+                manager.endpoints().into_iter().find(|s| s.endpoint.addr == node.local_addr());
+            state.and_then(|s| s.load.reported).map(|report| report.joins_last_minute)
+        };
+        assert_eq!((reported(&busy), reported(&idle)), (Some(3), Some(0)));
+        let attempt = manager.join_once(&mut HashSet::new()).await;
+        match attempt.outcome {
+            JoinOutcome::Joined { seeds } => assert_eq!(seeds[0], idle.local_addr()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_recognises_itself_and_silent_peers_report_nothing() {
+        let node = start_node().await;
+        let python_like = start_node().await;
+        let prober = NodeProber::new(node.clone(), TIMEOUT);
+        assert_eq!(prober.ping(node.local_addr(), TIMEOUT).await, Err(ProbeError::IsSelf));
+        assert!(prober.ping(python_like.local_addr(), TIMEOUT).await.is_ok());
+        assert_eq!(prober.load(python_like.local_addr(), Duration::from_millis(100)).await, None);
+        python_like
+            .register_extension(LOAD_PROCEDURE, Arc::new(|_, _| Some(Msgpack::from("busy"))));
+        assert_eq!(
+            prober.load(python_like.local_addr(), TIMEOUT).await,
+            None,
+            "a bad report is ignored"
+        );
+        python_like.shutdown();
+        let silent = prober.ping(python_like.local_addr(), Duration::from_millis(100)).await;
+        assert!(
+            matches!(silent, Err(ProbeError::Timeout(_)) | Err(ProbeError::Failed(_))),
+            "{silent:?}"
+        );
+    }
+}
