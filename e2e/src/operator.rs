@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use kube::config::{AuthInfo, Context as KubeContext, Kubeconfig, NamedAuthInfo, NamedContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -163,6 +163,7 @@ impl OperatorProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", settings.identity)
             .env("RUST_LOG", "info,kadscale_operator=debug")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -188,6 +189,19 @@ impl OperatorProcess {
     /// GET `path` on the admin server: (status code, body).
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
         http_get(self.admin_addr, path).await
+    }
+
+    /// The total of `kadscale_operator_reconciles_total` (every result) on its /metrics.
+    pub async fn reconciles(&self) -> Result<f64> {
+        let (code, body) = self.admin_get("/metrics").await?;
+        ensure!(code == 200, "operator {} /metrics answered {code}", self.identity);
+        body.lines()
+            .filter(|line| line.starts_with("kadscale_operator_reconciles_total"))
+            .map(|line| {
+                let value = line.rsplit(' ').next().unwrap_or_default();
+                value.parse::<f64>().with_context(|| format!("metric line {line:?}"))
+            })
+            .sum()
     }
 
     /// Sends `signal` (a name such as TERM, STOP, CONT) to the process.
