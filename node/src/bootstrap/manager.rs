@@ -615,15 +615,21 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
             }
             let backoff = self.config.backoff;
             let delay = backoff.delay(attempt, &mut self.lock_pool().rng);
-            if attempt + 1 == backoff.max_retries.max(1) {
-                tracing::error!(outcome = result.outcome.name(), attempts = attempt + 1, retry_every = ?backoff.base_delay(backoff.max_retries), "join failed after every fast retry; retrying in the background while serving");
-            } else {
+            let outcome = result.outcome.name();
+            // Loud for the fast retries and once when they run out; then quiet, because a
+            // lone bootstrap node waiting for peers retries like this for as long as it runs.
+            if attempt < backoff.max_retries {
+                tracing::warn!(outcome, attempt, ?delay, "join attempt failed");
+            } else if attempt == backoff.max_retries {
+                let retry_every = backoff.base_delay(attempt);
                 tracing::warn!(
-                    outcome = result.outcome.name(),
-                    attempt,
-                    ?delay,
-                    "join attempt failed"
+                    outcome,
+                    attempts = attempt + 1,
+                    ?retry_every,
+                    "join failed after every fast retry; retrying in the background while serving"
                 );
+            } else {
+                tracing::debug!(outcome, attempt, ?delay, "join attempt failed");
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}

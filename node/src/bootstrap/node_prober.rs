@@ -5,11 +5,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use rmpv::Value as Msgpack;
 use tokio::time::Instant;
 
+use super::args::BootstrapArgs;
+use super::discovery::{Discovery, DiscoveryError, SystemResolver};
 use super::load::{LoadReport, LoadTracker, JOINED_PROCEDURE, LOAD_PROCEDURE};
-use super::manager::{ProbeError, Prober};
+use super::manager::{BootstrapManager, BootstrapMetrics, ProbeError, Prober};
 use crate::codec::Contact;
 use crate::id::NodeId;
 use crate::metrics::{MethodLabels, Metrics};
@@ -145,6 +148,32 @@ pub fn serve_load(node: &Node, tracker: LoadTracker) {
     );
 }
 
+/// The bootstrap manager of a running `dht-node`.
+pub type NodeManager = BootstrapManager<NodeProber, SystemResolver>;
+
+/// Sets up the bootstrap manager of `node` from the command line, its metrics registered into
+/// `registry`. A bootstrap node (`serves_joins`) also answers `kadscale_load` and counts the
+/// `kadscale_joined` notices of the workers it served. Fails on a bad `--bootstrap-file`.
+pub fn manage_node(
+    node: &Node,
+    args: &BootstrapArgs,
+    serves_joins: bool,
+    registry: &mut Registry,
+) -> Result<NodeManager, DiscoveryError> {
+    let discovery = Discovery::new(args.discovery_config(), SystemResolver)?;
+    if serves_joins {
+        serve_load(node, args.load_tracker(Instant::now()));
+    }
+    let config = args.manager_config();
+    let prober = NodeProber::new(node.clone(), config.connection_timeout);
+    Ok(BootstrapManager::new(
+        Arc::new(prober),
+        discovery,
+        config,
+        BootstrapMetrics::register(registry),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -262,6 +291,70 @@ mod tests {
         match attempt.outcome {
             JoinOutcome::Joined { seeds } => assert_eq!(seeds[0], idle.local_addr()),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bootstrap_nodes_behind_one_list_join_each_other_through_the_manager() {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bootstrap: BootstrapArgs,
+        }
+
+        let nodes = [start_node().await, start_node().await, start_node().await];
+        let list: Vec<String> = nodes.iter().map(|node| node.local_addr().to_string()).collect();
+        let list = list.join(",");
+        let args = Cli::parse_from([
+            "dht-node",
+            "--bootstrap",
+            &list,
+            "--connection-timeout",
+            "0.5",
+            "--retry-delay",
+            "0.1",
+        ])
+        .bootstrap;
+        let mut registries = Vec::new();
+        let mut runs = Vec::new();
+        for node in &nodes {
+            let mut registry = Registry::default();
+            let manager = Arc::new(manage_node(node, &args, true, &mut registry).unwrap());
+            registries.push(registry);
+            runs.push(tokio::spawn({
+                let manager = manager.clone();
+                async move { manager.run().await }
+            }));
+            let mut joined = manager.subscribe_joined();
+            tokio::time::timeout(Duration::from_secs(5), joined.wait_for(|joined| *joined))
+                .await
+                .unwrap()
+                .unwrap();
+            let own = manager
+                .endpoints()
+                .into_iter()
+                .find(|s| s.endpoint.addr == node.local_addr())
+                .unwrap();
+            assert!(own.is_self, "each finds itself in the list and skips it");
+        }
+        for node in &nodes {
+            assert_eq!(node.routing_table_len(), 2, "one connected core");
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registries[0]).unwrap();
+        assert!(
+            text.contains("kadscale_bootstrap_join_outcomes_total{outcome=\"joined\"} 1"),
+            "{text}"
+        );
+        let observer = NodeProber::new(start_node().await, TIMEOUT);
+        assert!(
+            load_of(&observer, &nodes[0]).await.routing_table_size >= 2,
+            "bootstrap nodes serve kadscale_load"
+        );
+        for run in runs {
+            run.abort();
         }
     }
 
