@@ -136,10 +136,6 @@ impl<R: Resolve> Discovery<R> {
         Ok(Discovery { config, resolver, file, last_resolved: HashMap::new() })
     }
 
-    pub fn config(&self) -> &DiscoveryConfig {
-        &self.config
-    }
-
     /// Resolves every source once.
     pub async fn discover(&mut self) -> Discovered {
         let mut discovered = Discovered::default();

@@ -378,10 +378,6 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         }
     }
 
-    pub fn config(&self) -> &ManagerConfig {
-        &self.config
-    }
-
     /// Whether the last join succeeded and the routing table has not emptied since.
     pub fn is_joined(&self) -> bool {
         *self.joined.borrow()

@@ -102,10 +102,6 @@ impl<R: Rng> Selector<R> {
         Selector { strategy, cursor, rng }
     }
 
-    pub fn strategy(&self) -> SelectionStrategy {
-        self.strategy
-    }
-
     /// Writes into `out` the indices in `candidates` of up to `count` chosen endpoints, in
     /// order of preference.
     pub fn select(&mut self, candidates: &[Candidate], count: usize, out: &mut Vec<usize>) {
