@@ -115,6 +115,10 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                // A deleted cluster's last queued reconcile: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(%object, "cluster gone before its reconcile");
+                }
                 Err(error) => tracing::warn!(%error, "reconcile failed"),
             }
         })

@@ -41,7 +41,7 @@ pub const DEFAULT_IMAGE: &str = "kadscale/kadscale:0.1.0";
         name = "Tier",
         type_ = "string",
         json_path = ".status.tier",
-        description = "Bootstrap tier in force"
+        description = "Tier of the worker count (bootstrap replicas may lag it by the scale-down window)"
     ),
     printcolumn(
         name = "Workers",
@@ -641,7 +641,8 @@ pub struct DhtClusterStatus {
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The bootstrap tier in force: small, medium, large or xlarge.
+    /// The tier the worker count falls in: small, medium, large or xlarge (bootstrap.desired
+    /// may lag it during a scale-down window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
     /// Bootstrap replicas: desired by the tier policy (after stabilization) and ready.

@@ -205,6 +205,9 @@ fn condition(
 pub struct Notice {
     pub warning: bool,
     pub reason: &'static str,
+    /// Events of one object with the same reason and action within minutes are folded into one
+    /// series (keeping the first note), so the action names what differs, e.g. the new tier.
+    pub action: String,
     pub note: String,
 }
 
@@ -218,10 +221,29 @@ pub fn notices(previous: Option<&DhtClusterStatus>, next: &DhtClusterStatus) -> 
             notices.push(Notice {
                 warning: false,
                 reason: "TierChanged",
+                action: format!("ScaleTo{}", capitalized(tier)),
                 note: format!(
-                    "tier {} → {tier}: {} bootstrap nodes for {} workers ({})",
+                    "tier {} → {tier} for {} workers: {} bootstrap nodes called for, {} in force ({})",
                     previous_tier.unwrap_or("none"),
+                    next.workers.desired,
+                    next.bootstrap.target,
                     next.bootstrap.desired,
+                    next.ratio.as_deref().unwrap_or("-"),
+                ),
+            });
+        }
+    }
+    // The tier follows the worker count at once; bootstrap replicas follow it up at once and
+    // down after the stabilization window, so their change is an event of its own.
+    if let Some(before) = previous.map(|s| s.bootstrap.desired).filter(|n| *n > 0) {
+        let after = next.bootstrap.desired;
+        if after != before && after > 0 {
+            notices.push(Notice {
+                warning: false,
+                reason: "BootstrapScaled",
+                action: format!("ScaleBootstrapTo{after}"),
+                note: format!(
+                    "bootstrap nodes {before} → {after} for {} workers ({})",
                     next.workers.desired,
                     next.ratio.as_deref().unwrap_or("-"),
                 ),
@@ -234,11 +256,13 @@ pub fn notices(previous: Option<&DhtClusterStatus>, next: &DhtClusterStatus) -> 
         (_, Some("Warning")) => notices.push(Notice {
             warning: true,
             reason: "RatioExceeded",
+            action: "CheckRatio".into(),
             note: condition_message(next, RATIO_WITHIN_LIMIT),
         }),
         (Some("Warning"), Some(_)) => notices.push(Notice {
             warning: false,
             reason: "RatioWithinLimit",
+            action: "CheckRatio".into(),
             note: condition_message(next, RATIO_WITHIN_LIMIT),
         }),
         _ => {}
@@ -254,11 +278,17 @@ pub fn notices(previous: Option<&DhtClusterStatus>, next: &DhtClusterStatus) -> 
             notices.push(Notice {
                 warning: true,
                 reason: "Degraded",
+                action: now_degraded.reason.clone(),
                 note: format!("{}: {}", now_degraded.reason, now_degraded.message),
             });
         }
     }
     notices
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 fn condition_message(status: &DhtClusterStatus, type_: &str) -> String {
@@ -296,7 +326,7 @@ pub async fn write(
             type_: if notice.warning { EventType::Warning } else { EventType::Normal },
             reason: notice.reason.to_string(),
             note: Some(notice.note),
-            action: "Reconcile".into(),
+            action: notice.action,
             secondary: None,
         };
         // An event that fails to publish is logged, not retried: the status already says it.
@@ -456,9 +486,18 @@ spec:
         assert_eq!((ratio.status.as_str(), ratio.reason.as_str()), ("False", "RatioExceeded"));
         assert!(ratio.message.contains("83.3:1") && ratio.message.contains("proportional"));
         let events = notices(Some(&at_200), &at_500);
-        let reasons: Vec<_> = events.iter().map(|n| (n.reason, n.warning)).collect();
-        assert_eq!(reasons, [("TierChanged", false), ("RatioExceeded", true)]);
+        let reasons: Vec<_> =
+            events.iter().map(|n| (n.reason, n.action.as_str(), n.warning)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("TierChanged", "ScaleToXlarge", false),
+                ("BootstrapScaled", "ScaleBootstrapTo6", false),
+                ("RatioExceeded", "CheckRatio", true)
+            ]
+        );
         assert!(events[0].note.contains("large → xlarge"), "{}", events[0].note);
+        assert_eq!(events[1].note, "bootstrap nodes 4 → 6 for 500 workers (83.3:1)");
     }
 
     #[test]
