@@ -181,6 +181,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
+    use crate::bootstrap::backoff::Backoff;
     use crate::bootstrap::discovery::{Discovery, DiscoveryConfig, SystemResolver};
     use crate::bootstrap::endpoint::HostPort;
     use crate::bootstrap::manager::{
@@ -202,11 +203,13 @@ mod tests {
         node
     }
 
-    fn manager_for(
-        node: &Node,
-        bootstraps: &[&Node],
-        strategy: SelectionStrategy,
-    ) -> BootstrapManager<NodeProber, SystemResolver> {
+    fn manager_for(node: &Node, bootstraps: &[&Node], strategy: SelectionStrategy) -> NodeManager {
+        let config =
+            ManagerConfig { strategy, connection_timeout: TIMEOUT, ..ManagerConfig::default() };
+        manager_with(node, bootstraps, config)
+    }
+
+    fn manager_with(node: &Node, bootstraps: &[&Node], config: ManagerConfig) -> NodeManager {
         let static_entries = bootstraps
             .iter()
             .map(|b| HostPort {
@@ -219,15 +222,109 @@ mod tests {
             SystemResolver,
         )
         .unwrap();
-        let config =
-            ManagerConfig { strategy, connection_timeout: TIMEOUT, ..ManagerConfig::default() };
         let metrics = BootstrapMetrics::register(&mut Registry::default());
-        BootstrapManager::new(
-            Arc::new(NodeProber::new(node.clone(), TIMEOUT)),
-            discovery,
-            config,
-            metrics,
-        )
+        let prober = NodeProber::new(node.clone(), config.connection_timeout);
+        BootstrapManager::new(Arc::new(prober), discovery, config, metrics)
+    }
+
+    /// A worker node whose manager runs in the background.
+    struct Worker {
+        node: Node,
+        running: tokio::task::JoinHandle<()>,
+        /// Completes with the time from the manager's start to the node being joined.
+        joined_after: tokio::task::JoinHandle<Duration>,
+    }
+
+    async fn spawn_worker(bootstraps: &[&Node], config: ManagerConfig) -> Worker {
+        let node = start_node().await;
+        let manager = Arc::new(manager_with(&node, bootstraps, config));
+        let mut joined = manager.subscribe_joined();
+        let started = Instant::now();
+        let running = tokio::spawn(async move { manager.run().await });
+        let joined_after = tokio::spawn(async move {
+            // The sender lives as long as the manager runs, so this fails only if it stopped.
+            joined.wait_for(|joined| *joined).await.expect("the manager runs");
+            started.elapsed()
+        });
+        Worker { node, running, joined_after }
+    }
+
+    /// Waits for the worker to join, at most `within`, and stops its manager.
+    async fn joined_within(worker: Worker, within: Duration) -> (Node, Duration) {
+        let took = tokio::time::timeout(within, worker.joined_after)
+            .await
+            .expect("joined in time")
+            .unwrap();
+        worker.running.abort();
+        (worker.node, took)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hundred_workers_join_while_bootstrap_nodes_fail() {
+        let bootstraps =
+            [start_bootstrap(50).await, start_bootstrap(50).await, start_bootstrap(50).await];
+        for peer in &bootstraps[1..] {
+            peer.bootstrap(&[bootstraps[0].local_addr()]).await;
+        }
+        // One is down before the workers start, one goes down while they join.
+        bootstraps[0].shutdown();
+        let all: Vec<&Node> = bootstraps.iter().collect();
+        let config = ManagerConfig {
+            connection_timeout: TIMEOUT,
+            backoff: Backoff { retry_delay: Duration::from_millis(100), max_retries: 3 },
+            ..ManagerConfig::default()
+        };
+        let mut workers = Vec::new();
+        for index in 0..100 {
+            if index == 30 {
+                bootstraps[1].shutdown();
+            }
+            workers.push(spawn_worker(&all, config.clone()).await);
+        }
+        // A join waits at most one timeout for the selected pings, one for the fallback's,
+        // and its lookup's calls to the node that went down; none of them needs a retry.
+        let bound = TIMEOUT * 4;
+        for (index, worker) in workers.into_iter().enumerate() {
+            let (node, took) = joined_within(worker, bound * 2).await;
+            assert!(node.routing_table_len() > 0, "worker {index}");
+            assert!(took <= bound, "worker {index} took {took:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn least_loaded_spreads_joins_within_one_and_a_half_fair_shares() {
+        let bootstraps =
+            [start_bootstrap(50).await, start_bootstrap(50).await, start_bootstrap(50).await];
+        for peer in &bootstraps[1..] {
+            peer.bootstrap(&[bootstraps[0].local_addr()]).await;
+        }
+        let all: Vec<&Node> = bootstraps.iter().collect();
+        let config = ManagerConfig {
+            strategy: SelectionStrategy::LeastLoaded,
+            seeds_per_join: 1,
+            connection_timeout: TIMEOUT,
+            ..ManagerConfig::default()
+        };
+        // Ten waves of ten workers starting together, as a Deployment scales up.
+        for _ in 0..10 {
+            let mut wave = Vec::new();
+            for _ in 0..10 {
+                wave.push(spawn_worker(&all, config.clone()).await);
+            }
+            for worker in wave {
+                joined_within(worker, Duration::from_secs(5)).await;
+            }
+            // The kadscale_joined notices travel in the background.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let observer = NodeProber::new(start_node().await, TIMEOUT);
+        let mut served = Vec::new();
+        for bootstrap in &bootstraps {
+            served.push(load_of(&observer, bootstrap).await.joins_last_minute);
+        }
+        assert_eq!(served.iter().sum::<u64>(), 100, "{served:?}");
+        let fair_share = 100.0 / 3.0;
+        assert!(served.iter().all(|&n| n as f64 <= 1.5 * fair_share), "{served:?}");
     }
 
     async fn load_of(prober: &NodeProber, node: &Node) -> LoadReport {
