@@ -15,6 +15,9 @@ pub struct NodeConfig {
     pub alpha: usize,
     /// How long a call waits for its answer (rpcudp: 5 s).
     pub rpc_timeout: Duration,
+    /// A lookup that got no answer for this long stops waiting for the calls in flight and
+    /// asks the next closest nodes (their late answers still count).
+    pub lookup_stall: Duration,
     /// Calls awaiting an answer at once; further calls fail fast instead of growing memory.
     pub max_outstanding_calls: usize,
     /// How long a stored value lives (Python: one week).
@@ -38,6 +41,7 @@ impl Default for NodeConfig {
             k: 20,
             alpha: 3,
             rpc_timeout: Duration::from_secs(5),
+            lookup_stall: Duration::from_secs(1),
             max_outstanding_calls: 4096,
             storage_ttl: Duration::from_secs(7 * 24 * 3600),
             max_stored_values: 100_000,

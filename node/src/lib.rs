@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod id;
+pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod node;

@@ -1,9 +1,12 @@
-//! The iterative lookup ("spider crawl") as a pure state machine, round by round as the Python
-//! package does it:
+//! The iterative lookup ("spider crawl") as a pure state machine, after the Python package:
 //! 1. query the `alpha` closest uncontacted nodes among the `k` closest known;
-//! 2. when a round ends, merge the answers; nodes that failed are dropped;
-//! 3. when a round did not change the `k` closest, the next one queries all uncontacted of them;
-//! 4. stop when the `k` closest have all been contacted, or, for `find_value`, when a value came.
+//! 2. merge answers as they come; nodes that fail are dropped;
+//! 3. when a round of queries did not change the `k` closest, query all uncontacted of them;
+//! 4. stop when the `k` closest have all answered, or, for `find_value`, when a value came.
+//!
+//! Unlike Python, which waits for a whole round (so one dead node costs every round its 5 s
+//! timeout), a slot freed by an answer is refilled at once: `alpha` queries stay in flight.
+//! A node still in flight beyond the `k` closest that answered is not waited for.
 //!
 //! [`crate::node`] drives it with the transport; tests drive it with made-up answers.
 
@@ -46,6 +49,8 @@ pub enum LookupOutcome {
 enum State {
     Waiting,
     InFlight,
+    /// In flight for so long that the lookup goes on without it; a late answer still counts.
+    Slow,
     Answered,
 }
 
@@ -68,7 +73,7 @@ pub struct Lookup {
     candidates: Vec<Candidate>,
     /// Nodes that failed to answer: dropped and never re-added.
     failed: HashSet<NodeId>,
-    /// Ids of the `k` closest when the previous round started.
+    /// Ids of the `k` closest when queries were last sent.
     previous_closest: Vec<NodeId>,
     values: Vec<Value>,
     nearest_without_value: Option<(Distance, Contact)>,
@@ -108,36 +113,51 @@ impl Lookup {
         self.kind
     }
 
-    fn visible(&self) -> &[Candidate] {
-        &self.candidates[..self.candidates.len().min(self.k)]
+    /// The `k` closest candidates that are not slow: the ones the lookup is about.
+    fn visible(&self) -> impl Iterator<Item = &Candidate> {
+        self.candidates.iter().filter(|candidate| candidate.state != State::Slow).take(self.k)
     }
 
-    fn in_flight(&self) -> bool {
-        self.candidates.iter().any(|candidate| candidate.state == State::InFlight)
-    }
-
-    /// True when the lookup has its answer: no call is outstanding and either a value came or
-    /// every one of the `k` closest has been contacted.
+    /// True when the lookup has its answer: a value came, or the `k` closest known nodes have
+    /// all answered (or fewer, with nothing left to ask).
     pub fn is_done(&self) -> bool {
-        !self.in_flight()
-            && (!self.values.is_empty()
-                || self.visible().iter().all(|candidate| candidate.state != State::Waiting))
+        if !self.values.is_empty() {
+            return true;
+        }
+        self.visible().all(|candidate| candidate.state == State::Answered)
     }
 
-    /// The nodes to query next. Empty while a round is in flight or when the lookup is done;
-    /// every node returned must be answered with [`Lookup::on_nodes`], [`Lookup::on_value`] or
-    /// [`Lookup::on_failure`].
+    /// Gives up waiting for the calls in flight: the lookup goes on as if they had failed,
+    /// which lets the next batch ask the nodes behind them. The driver calls this when no
+    /// answer came for a while (a dead node otherwise holds up the lookup for its timeout).
+    pub fn on_stall(&mut self) {
+        for candidate in &mut self.candidates {
+            if candidate.state == State::InFlight {
+                candidate.state = State::Slow;
+            }
+        }
+    }
+
+    /// The nodes to query now: enough to have `alpha` in flight, or, when the last round
+    /// brought nothing closer, every uncontacted one of the `k` closest. Empty when the lookup
+    /// is done or enough queries are in flight. Every node returned must be answered with
+    /// [`Lookup::on_nodes`], [`Lookup::on_value`] or [`Lookup::on_failure`].
     pub fn next_batch(&mut self) -> Vec<Contact> {
-        if self.in_flight() || self.is_done() {
+        if self.is_done() {
             return Vec::new();
         }
-        let closest: Vec<NodeId> =
-            self.visible().iter().map(|candidate| candidate.contact.id).collect();
-        let count = if closest == self.previous_closest { self.k } else { self.alpha };
-        self.previous_closest = closest;
-        let visible = self.candidates.len().min(self.k);
+        let in_flight =
+            self.candidates.iter().filter(|candidate| candidate.state == State::InFlight).count();
+        let closest: Vec<NodeId> = self.visible().map(|candidate| candidate.contact.id).collect();
+        let stalled = in_flight == 0 && closest == self.previous_closest;
+        let count = if stalled { self.k } else { self.alpha.saturating_sub(in_flight) };
         let mut batch = Vec::new();
-        for candidate in self.candidates[..visible].iter_mut() {
+        for candidate in self
+            .candidates
+            .iter_mut()
+            .filter(|candidate| candidate.state != State::Slow)
+            .take(self.k)
+        {
             if batch.len() == count {
                 break;
             }
@@ -145,6 +165,9 @@ impl Lookup {
                 candidate.state = State::InFlight;
                 batch.push(candidate.contact);
             }
+        }
+        if !batch.is_empty() {
+            self.previous_closest = closest;
         }
         batch
     }
@@ -156,7 +179,7 @@ impl Lookup {
     fn mark_answered(&mut self, from: &NodeId) -> Option<Contact> {
         let index = self.position(from)?;
         let candidate = &mut self.candidates[index];
-        if candidate.state != State::InFlight {
+        if !matches!(candidate.state, State::InFlight | State::Slow) {
             return None;
         }
         candidate.state = State::Answered;
@@ -188,7 +211,7 @@ impl Lookup {
     /// `from` did not answer (or answered nonsense): it is dropped from the lookup.
     pub fn on_failure(&mut self, from: &NodeId) {
         if let Some(index) = self.position(from) {
-            if self.candidates[index].state == State::InFlight {
+            if matches!(self.candidates[index].state, State::InFlight | State::Slow) {
                 self.candidates.remove(index);
                 self.failed.insert(*from);
             }
@@ -340,19 +363,23 @@ mod tests {
             Lookup::new(target, LookupKind::FindNode, seeds.clone(), 20, 3, NodeId::ZERO);
         let first = lookup.next_batch();
         assert_eq!(first.len(), 3);
-        assert!(lookup.next_batch().is_empty(), "no new round while one is in flight");
-        for peer in &first {
+        assert!(lookup.next_batch().is_empty(), "alpha queries are in flight already");
+        // One answer frees one slot, refilled at once.
+        lookup.on_nodes(&first[0].id, vec![]);
+        let refill = lookup.next_batch();
+        assert_eq!(refill.len(), 1);
+        for peer in first[1..].iter().chain(&refill) {
             lookup.on_nodes(&peer.id, vec![]);
         }
         // Nothing new was learnt: the next round asks every remaining uncontacted one.
         let second = lookup.next_batch();
-        assert_eq!(second.len(), 7);
+        assert_eq!(second.len(), 6);
         for peer in &second {
             lookup.on_failure(&peer.id);
         }
         assert!(lookup.is_done());
         match lookup.outcome() {
-            LookupOutcome::Nodes(nodes) => assert_eq!(nodes.len(), 3),
+            LookupOutcome::Nodes(nodes) => assert_eq!(nodes.len(), 4),
             other => panic!("{other:?}"),
         }
     }
@@ -363,8 +390,8 @@ mod tests {
         let target = NodeId::random();
         let victims: Vec<NodeId> = network.true_closest(&target, 5).iter().map(|c| c.id).collect();
         network.dead.extend(victims.iter().copied());
-        let mut lookup =
-            Lookup::new(target, LookupKind::FindNode, vec![network.nodes[3]], 20, 3, NodeId::ZERO);
+        let seed = *network.nodes.iter().find(|node| !victims.contains(&node.id)).unwrap();
+        let mut lookup = Lookup::new(target, LookupKind::FindNode, vec![seed], 20, 3, NodeId::ZERO);
         let (outcome, _) = network.run(&mut lookup);
         let LookupOutcome::Nodes(nodes) = outcome else { panic!("no value lookup") };
         assert!(nodes.iter().all(|c| !victims.contains(&c.id)));
@@ -443,6 +470,54 @@ mod tests {
             let waiting = lookup.candidates.iter().filter(|c| c.state == State::Waiting).count();
             assert!(waiting <= 4 * CANDIDATE_SLACK_FACTOR, "{waiting} candidates kept");
         }
+    }
+
+    #[test]
+    fn slow_nodes_beyond_the_k_closest_answered_are_not_waited_for() {
+        let target = NodeId::ZERO;
+        let near = |byte: u8, port| {
+            let mut id = [0u8; 20];
+            id[0] = byte;
+            contact(NodeId(id), port)
+        };
+        let (a, b, c) = (near(1, 1), near(2, 2), near(3, 3));
+        let mut lookup =
+            Lookup::new(target, LookupKind::FindNode, vec![c, b, a], 2, 3, NodeId::MAX);
+        assert_eq!(lookup.next_batch(), vec![a, b]);
+        lookup.on_nodes(&a.id, vec![]);
+        assert!(!lookup.is_done(), "b, one of the 2 closest, is still in flight");
+        lookup.on_nodes(&b.id, vec![]);
+        assert!(lookup.is_done());
+        assert_eq!(lookup.outcome(), LookupOutcome::Nodes(vec![a, b]));
+
+        let mut lookup =
+            Lookup::new(target, LookupKind::FindValue, vec![c, b, a], 2, 3, NodeId::MAX);
+        let batch = lookup.next_batch();
+        assert_eq!(batch, vec![a, b]);
+        lookup.on_value(&b.id, Value::Int(5));
+        assert!(lookup.is_done(), "a value ends a find_value without waiting for a");
+    }
+
+    #[test]
+    fn a_stalled_lookup_asks_past_silent_nodes_and_still_takes_late_answers() {
+        let target = NodeId::ZERO;
+        let near = |byte: u8, port| {
+            let mut id = [0u8; 20];
+            id[0] = byte;
+            contact(NodeId(id), port)
+        };
+        let (a, b, c) = (near(1, 1), near(2, 2), near(3, 3));
+        let mut lookup =
+            Lookup::new(target, LookupKind::FindNode, vec![a, b, c], 2, 1, NodeId::MAX);
+        assert_eq!(lookup.next_batch(), vec![a]);
+        lookup.on_stall();
+        assert_eq!(lookup.next_batch(), vec![b], "a is slow: the next closest is asked");
+        lookup.on_nodes(&b.id, vec![]);
+        assert_eq!(lookup.next_batch(), vec![c]);
+        lookup.on_nodes(&c.id, vec![]);
+        assert!(lookup.is_done(), "the 2 closest that are not slow answered");
+        lookup.on_nodes(&a.id, vec![]);
+        assert_eq!(lookup.outcome(), LookupOutcome::Nodes(vec![a, b]), "a's late answer counts");
     }
 
     #[test]

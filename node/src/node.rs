@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rmpv::Value as Msgpack;
 use tokio_util::sync::CancellationToken;
 
@@ -281,21 +282,28 @@ impl Node {
         let config = &self.inner.config;
         self.with_table(|table| table.touch(&target));
         let mut lookup = Lookup::new(target, kind, seeds, config.k, config.alpha, self.id());
+        let mut in_flight = FuturesUnordered::new();
         loop {
-            let batch = lookup.next_batch();
-            if batch.is_empty() {
+            for contact in lookup.next_batch() {
+                in_flight
+                    .push(async move { (contact.id, self.find_on(contact, target, kind).await) });
+            }
+            if lookup.is_done() {
+                // Calls still in flight are dropped, which cancels them.
                 break;
             }
-            let answers = join_all(batch.into_iter().map(|contact| async move {
-                (contact.id, self.find_on(contact, target, kind).await)
-            }))
-            .await;
-            for (id, answer) in answers {
-                match answer {
-                    Ok(FindValueAnswer::Nodes(contacts)) => lookup.on_nodes(&id, contacts),
-                    Ok(FindValueAnswer::Value(value)) => lookup.on_value(&id, value),
-                    Err(_) => lookup.on_failure(&id),
-                }
+            let next = tokio::time::timeout(config.lookup_stall, in_flight.next()).await;
+            let Ok(next) = next else {
+                lookup.on_stall();
+                continue;
+            };
+            let Some((id, answer)) = next else {
+                break;
+            };
+            match answer {
+                Ok(FindValueAnswer::Nodes(contacts)) => lookup.on_nodes(&id, contacts),
+                Ok(FindValueAnswer::Value(value)) => lookup.on_value(&id, value),
+                Err(_) => lookup.on_failure(&id),
             }
         }
         let outcome = lookup.outcome();
@@ -325,6 +333,13 @@ impl Node {
     /// Python's `bootstrap(addrs)`: pings every address, then joins through those that
     /// answered. Returns the closest nodes found.
     pub async fn bootstrap(&self, addrs: &[SocketAddr]) -> Vec<Contact> {
+        let seeds = self.ping_all(addrs).await;
+        tracing::info!(answered = seeds.len(), asked = addrs.len(), "bootstrapping");
+        self.join(seeds).await
+    }
+
+    /// Pings every address at once; the nodes that answered (other than this one).
+    pub async fn ping_all(&self, addrs: &[SocketAddr]) -> Vec<Contact> {
         let timeout = self.inner.config.rpc_timeout;
         let pings = join_all(addrs.iter().map(|addr| async move {
             match self.ping(*addr, timeout).await {
@@ -336,10 +351,13 @@ impl Node {
             }
         }))
         .await;
-        let seeds: Vec<Contact> =
-            pings.into_iter().flatten().filter(|c| c.id != self.id()).collect();
-        tracing::info!(answered = seeds.len(), asked = addrs.len(), "bootstrapping");
-        self.join(seeds).await
+        pings.into_iter().flatten().filter(|contact| contact.id != self.id()).collect()
+    }
+
+    /// Adds a contact known to be alive to the routing table (and hands it the values it
+    /// should hold), as an answer from it would.
+    pub fn add_contact(&self, contact: Contact) {
+        self.welcome_if_new(contact);
     }
 
     /// Stores `value` under the digest `key` on the k closest nodes (and here when this node

@@ -1,0 +1,615 @@
+//! The `dht-node` command line: `bootstrap` and `worker` run a node; `put`, `get` and `ping`
+//! talk to a running DHT from a shell.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use prometheus_client::registry::Registry;
+
+use crate::admin::{self, AdminState};
+use crate::bootstrap::endpoint::{EndpointList, HostPort};
+use crate::codec::Value;
+use crate::config::NodeConfig;
+use crate::id::{key_digest, NodeId};
+use crate::logging::{self, LogFormat};
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+/// A Kademlia DHT node that speaks the wire protocol of the Python `kademlia` package.
+#[derive(Debug, Parser)]
+#[command(name = "dht-node", version)]
+pub struct Cli {
+    /// Log line format on stderr; RUST_LOG sets the level (default info, warn for tools).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a bootstrap node: others join through it; it joins its --bootstrap peers.
+    Bootstrap(BootstrapCommand),
+    /// Run a worker node that joins the DHT through the --bootstrap nodes.
+    Worker(WorkerCommand),
+    /// Store a value under a string key; exit 0 when at least one node stored it.
+    Put(PutCommand),
+    /// Print the value under a string key; exit 1 when it is not found.
+    Get(GetCommand),
+    /// Ping a node: print its id and the round-trip time; exit 1 when it does not answer.
+    Ping(PingCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapCommand {
+    /// UDP port to listen on.
+    #[arg(long, env = "DHT_PORT", default_value_t = 5678)]
+    pub port: u16,
+
+    /// Peer bootstrap nodes to join, HOST:PORT comma-separated (port 5678 when left out).
+    #[arg(long, env = "BOOTSTRAP_NODES", value_name = "HOST:PORT,...")]
+    pub bootstrap: Vec<EndpointList>,
+
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerCommand {
+    /// UDP port to listen on.
+    #[arg(long, env = "DHT_PORT", default_value_t = 7000)]
+    pub port: u16,
+
+    /// Bootstrap nodes to join through, HOST:PORT comma-separated (port 5678 when left out).
+    #[arg(long, env = "BOOTSTRAP_NODES", value_name = "HOST:PORT,...", required = true)]
+    pub bootstrap: Vec<EndpointList>,
+
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+/// Flags of a long-running node.
+#[derive(Debug, Args)]
+pub struct NodeOptions {
+    /// Address to listen on (UDP).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub host: IpAddr,
+
+    /// The node id, 40 hex digits; random when left out.
+    #[arg(long, value_name = "HEX40")]
+    pub node_id: Option<NodeId>,
+
+    /// Serve /healthz, /readyz and /metrics over HTTP on this address (none when left out).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Bucket size, and how many closest nodes store each value.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    pub k: u16,
+
+    /// Queries in flight per lookup round.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub alpha: u16,
+
+    /// Milliseconds a call waits for its answer.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rpc_timeout_ms: u64,
+
+    /// Seconds a stored value lives (default one week, as Python).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub storage_ttl_secs: u64,
+
+    /// Most values stored at once; the oldest is dropped to make room.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_values: usize,
+
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_value_size: usize,
+
+    /// Seconds between bucket refreshes and republishing (default one hour, as Python).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub refresh_secs: u64,
+}
+
+impl NodeOptions {
+    fn config(&self) -> NodeConfig {
+        let refresh = Duration::from_secs(self.refresh_secs);
+        NodeConfig {
+            node_id: self.node_id,
+            k: usize::from(self.k),
+            alpha: usize::from(self.alpha),
+            rpc_timeout: Duration::from_millis(self.rpc_timeout_ms),
+            storage_ttl: Duration::from_secs(self.storage_ttl_secs),
+            max_stored_values: self.max_values,
+            max_value_size: self.max_value_size,
+            refresh_interval: refresh,
+            bucket_stale_after: refresh,
+            republish_after: refresh,
+            ..NodeConfig::default()
+        }
+    }
+}
+
+/// Flags of the one-shot tools.
+#[derive(Debug, Args)]
+pub struct ToolOptions {
+    /// Nodes of the DHT to join through, HOST:PORT comma-separated (port 5678 when left out).
+    #[arg(long, env = "BOOTSTRAP_NODES", value_name = "HOST:PORT,...", required = true)]
+    pub bootstrap: Vec<EndpointList>,
+
+    /// Milliseconds each call waits for its answer.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PutCommand {
+    #[command(flatten)]
+    pub tool: ToolOptions,
+
+    /// How VALUE is read.
+    #[arg(long = "type", value_enum, default_value_t = ValueType::Str)]
+    pub value_type: ValueType,
+
+    /// The key, a string: the DHT key is sha1(utf8(KEY)), as Python's digest(str(key)).
+    pub key: String,
+
+    /// The value; bytes are given as hex, bools as true/false.
+    pub value: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GetCommand {
+    #[command(flatten)]
+    pub tool: ToolOptions,
+
+    /// How the value is printed.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// The key, a string: the DHT key is sha1(utf8(KEY)).
+    pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PingCommand {
+    /// The node to ping, HOST:PORT (port 5678 when left out).
+    pub target: HostPort,
+
+    /// Milliseconds to wait for the answer.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+}
+
+/// The type of a value given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ValueType {
+    Str,
+    Bytes,
+    Int,
+    Float,
+    Bool,
+}
+
+/// How `get` prints a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// str raw, bytes hex, int decimal, float shortest round-trip, bool true/false.
+    Text,
+    /// {"type": "...", "value": ...}, bytes as a hex string.
+    Json,
+}
+
+/// Reads VALUE as `value_type`; the error names what was wrong.
+pub fn parse_value(value_type: ValueType, text: &str) -> anyhow::Result<Value> {
+    Ok(match value_type {
+        ValueType::Str => Value::Str(text.to_owned()),
+        ValueType::Bytes => Value::Bytes(
+            hex::decode(text).with_context(|| format!("bytes VALUE {text:?} is not hex"))?,
+        ),
+        ValueType::Int => match (text.parse::<i64>(), text.parse::<u64>()) {
+            (Ok(n), _) => Value::Int(n),
+            (Err(_), Ok(n)) => Value::UInt(n),
+            (Err(error), Err(_)) => {
+                bail!("int VALUE {text:?} is not an integer from -2^63 to 2^64-1: {error}")
+            }
+        },
+        ValueType::Float => Value::Float(
+            text.parse().with_context(|| format!("float VALUE {text:?} is not a number"))?,
+        ),
+        ValueType::Bool => match text.to_ascii_lowercase().as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => bail!("bool VALUE {text:?} is neither true nor false"),
+        },
+    })
+}
+
+/// A float as Python's `repr` writes it: shortest round-trip, always with a fraction or an
+/// exponent.
+fn float_text(value: f64) -> String {
+    if value.is_nan() {
+        "nan".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "inf" } else { "-inf" }.to_owned()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// The text `get` prints for `value` in `format`.
+pub fn format_value(value: &Value, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Text => match value {
+            Value::Str(text) => text.clone(),
+            Value::Bytes(bytes) => hex::encode(bytes),
+            Value::Int(n) => n.to_string(),
+            Value::UInt(n) => n.to_string(),
+            Value::Float(f) => float_text(*f),
+            Value::Bool(b) => b.to_string(),
+        },
+        OutputFormat::Json => {
+            let json_value = match value {
+                Value::Str(text) => serde_json::Value::from(text.as_str()),
+                Value::Bytes(bytes) => serde_json::Value::from(hex::encode(bytes)),
+                Value::Int(n) => serde_json::Value::from(*n),
+                Value::UInt(n) => serde_json::Value::from(*n),
+                Value::Bool(b) => serde_json::Value::from(*b),
+                // JSON has no NaN or infinities; Python's json module reads these tokens.
+                Value::Float(f) if !f.is_finite() => {
+                    let token = if f.is_nan() {
+                        "NaN"
+                    } else if *f > 0.0 {
+                        "Infinity"
+                    } else {
+                        "-Infinity"
+                    };
+                    return format!("{{\"type\":\"float\",\"value\":{token}}}");
+                }
+                Value::Float(f) => serde_json::Value::from(*f),
+            };
+            serde_json::json!({ "type": value.type_name(), "value": json_value }).to_string()
+        }
+    }
+}
+
+/// Parses the command line and runs it; the process exits with the returned code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let long_running = matches!(cli.command, Command::Bootstrap(_) | Command::Worker(_));
+    logging::init(cli.log_format, if long_running { "info" } else { "warn" });
+    let result = match cli.command {
+        Command::Bootstrap(command) => {
+            run_node(Role::Bootstrap, command.port, &command.bootstrap, &command.node).await
+        }
+        Command::Worker(command) => {
+            run_node(Role::Worker, command.port, &command.bootstrap, &command.node).await
+        }
+        Command::Put(command) => put(command).await,
+        Command::Get(command) => get(command).await,
+        Command::Ping(command) => ping(command).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("dht-node: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Bootstrap,
+    Worker,
+}
+
+/// Resolves every `host:port` (host names through the system resolver).
+pub async fn resolve(endpoints: &[HostPort]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    for endpoint in endpoints {
+        let resolved = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+            .await
+            .with_context(|| format!("resolving {endpoint}"))?;
+        addrs.extend(resolved);
+    }
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+fn flatten(lists: &[EndpointList]) -> Vec<HostPort> {
+    lists.iter().flat_map(|list| list.0.iter().cloned()).collect()
+}
+
+/// Joins through `endpoints` the way the Python package does (ping each, then a lookup of the
+/// own id seeded by those that answered), until the routing table holds peers or `shutdown`.
+/// This is the plain join; the bootstrap manager replaces it with selection and health.
+pub async fn join_plainly(
+    node: &Node,
+    endpoints: &[HostPort],
+    retry_every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        match resolve(endpoints).await {
+            Ok(addrs) => {
+                let found = node.bootstrap(&addrs).await;
+                if node.routing_table_len() > 0 {
+                    tracing::info!(found = found.len(), "joined the DHT");
+                    return;
+                }
+                tracing::warn!(retry_in = ?retry_every, "no bootstrap node answered");
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot resolve bootstrap nodes")
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(retry_every) => {}
+        }
+    }
+}
+
+/// How often a node that is not yet joined tries its bootstrap list again.
+const PLAIN_JOIN_RETRY: Duration = Duration::from_secs(5);
+
+async fn run_node(
+    role: Role,
+    port: u16,
+    bootstrap: &[EndpointList],
+    options: &NodeOptions,
+) -> anyhow::Result<ExitCode> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let listen = SocketAddr::new(options.host, port);
+    let node = Node::start(listen, options.config(), metrics).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+
+    let admin = match options.admin_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin server to {addr}"))?;
+            let ready_node = node.clone();
+            let ready: Arc<dyn Fn() -> bool + Send + Sync> = match role {
+                // A bootstrap node is ready once it listens: others need it to join at all.
+                Role::Bootstrap => Arc::new(|| true),
+                Role::Worker => Arc::new(move || ready_node.routing_table_len() > 0),
+            };
+            let state = AdminState { registry: Arc::new(registry), ready };
+            let admin_stop = stop.clone();
+            tracing::info!(%addr, "admin server listening");
+            Some(tokio::spawn(admin::serve(listener, state, async move {
+                admin_stop.cancelled().await
+            })))
+        }
+        None => None,
+    };
+
+    let endpoints = flatten(bootstrap);
+    let joiner = (!endpoints.is_empty()).then(|| {
+        let node = node.clone();
+        let join_stop = stop.clone();
+        tokio::spawn(async move {
+            join_plainly(&node, &endpoints, PLAIN_JOIN_RETRY, join_stop.cancelled()).await
+        })
+    });
+
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
+    stop.cancel();
+    node.shutdown();
+    if let Some(joiner) = joiner {
+        let _ = joiner.await;
+    }
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "admin server failed"),
+            Err(error) => tracing::warn!(%error, "admin server task failed"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for SIGTERM or SIGINT and names the one that came.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+/// A short-lived node for one command, knowing the `tool.bootstrap` nodes that answered. It
+/// does not join (no lookup of its own id): the command's own lookup crawls from them.
+async fn tool_node(tool: &ToolOptions) -> anyhow::Result<Node> {
+    let addrs = resolve(&flatten(&tool.bootstrap)).await?;
+    let Some(first) = addrs.first() else {
+        bail!("--bootstrap names no node");
+    };
+    let unspecified = match first {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let config =
+        NodeConfig { rpc_timeout: Duration::from_millis(tool.timeout_ms), ..NodeConfig::default() };
+    let node =
+        Node::start(SocketAddr::new(unspecified, 0), config, Metrics::unregistered()).await?;
+    for contact in node.ping_all(&addrs).await {
+        node.add_contact(contact);
+    }
+    if node.routing_table_len() == 0 {
+        node.shutdown();
+        let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        bail!("no bootstrap node answered (tried {})", names.join(", "));
+    }
+    Ok(node)
+}
+
+async fn put(command: PutCommand) -> anyhow::Result<ExitCode> {
+    let value = parse_value(command.value_type, &command.value)?;
+    let node = tool_node(&command.tool).await?;
+    let result = node.set(key_digest(command.key.as_bytes()), value).await;
+    node.shutdown();
+    match result {
+        Ok(report) => {
+            println!("stored on {} node(s)", report.stored_remotely);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("dht-node: put {:?}: {error}", command.key);
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn get(command: GetCommand) -> anyhow::Result<ExitCode> {
+    let node = tool_node(&command.tool).await?;
+    let found = node.get(key_digest(command.key.as_bytes())).await;
+    node.shutdown();
+    match found {
+        Some(value) => {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", format_value(&value, command.output))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("dht-node: key {:?} not found", command.key);
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn ping(command: PingCommand) -> anyhow::Result<ExitCode> {
+    let addrs = resolve(std::slice::from_ref(&command.target)).await?;
+    let Some(target) = addrs.first().copied() else {
+        bail!("{} resolves to no address", command.target);
+    };
+    let unspecified = match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let node = Node::start(
+        SocketAddr::new(unspecified, 0),
+        NodeConfig::default(),
+        Metrics::unregistered(),
+    )
+    .await?;
+    let started = Instant::now();
+    let answer = node.ping(target, Duration::from_millis(command.timeout_ms)).await;
+    node.shutdown();
+    match answer {
+        Ok(id) => {
+            println!("{id} {target} rtt={:.3}ms", started.elapsed().as_secs_f64() * 1000.0);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("dht-node: ping {target}: {error}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_flag_is_documented_and_the_parser_is_consistent() {
+        Cli::command().debug_assert();
+        for sub in Cli::command().get_subcommands() {
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn node_flags_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "dht-node",
+            "worker",
+            "--bootstrap",
+            "10.0.0.1:5678,boot.example:7000,10.0.0.2",
+            "--k",
+            "25",
+            "--node-id",
+            "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Worker(worker) = cli.command else { panic!("not a worker") };
+        assert_eq!(worker.port, 7000);
+        let endpoints = flatten(&worker.bootstrap);
+        assert_eq!(endpoints.len(), 3);
+        assert_eq!((endpoints[1].host.as_str(), endpoints[1].port), ("boot.example", 7000));
+        assert_eq!(endpoints[2].port, 5678);
+        let config = worker.node.config();
+        assert_eq!((config.k, config.alpha), (25, 3));
+        assert_eq!(config.node_id, Some(key_digest(b"hello")));
+        assert!(Cli::try_parse_from(["dht-node", "worker"]).is_err(), "a worker needs --bootstrap");
+        let Command::Bootstrap(bootstrap) =
+            Cli::try_parse_from(["dht-node", "bootstrap"]).unwrap().command
+        else {
+            panic!("not a bootstrap node")
+        };
+        assert_eq!(bootstrap.port, 5678);
+        assert!(bootstrap.bootstrap.is_empty());
+        assert!(Cli::try_parse_from(["dht-node", "bootstrap", "--node-id", "xyz"]).is_err());
+    }
+
+    #[test]
+    fn values_parse_by_type_and_refuse_nonsense() {
+        assert_eq!(parse_value(ValueType::Str, "héllo").unwrap(), Value::Str("héllo".into()));
+        assert_eq!(parse_value(ValueType::Bytes, "00ff").unwrap(), Value::Bytes(vec![0, 255]));
+        assert_eq!(parse_value(ValueType::Int, "-7").unwrap(), Value::Int(-7));
+        assert_eq!(
+            parse_value(ValueType::Int, "18446744073709551615").unwrap(),
+            Value::UInt(u64::MAX)
+        );
+        assert_eq!(parse_value(ValueType::Float, "2.0").unwrap(), Value::Float(2.0));
+        assert_eq!(parse_value(ValueType::Bool, "True").unwrap(), Value::Bool(true));
+        assert!(parse_value(ValueType::Bytes, "0g").unwrap_err().to_string().contains("not hex"));
+        assert!(parse_value(ValueType::Int, "1.5").is_err());
+        assert!(parse_value(ValueType::Int, "18446744073709551616").is_err());
+        assert!(parse_value(ValueType::Bool, "yes").is_err());
+    }
+
+    #[test]
+    fn values_print_as_the_contract_says() {
+        let text = |value: Value| format_value(&value, OutputFormat::Text);
+        let json = |value: Value| format_value(&value, OutputFormat::Json);
+        assert_eq!(text(Value::Str("a b".into())), "a b");
+        assert_eq!(text(Value::Bytes(vec![1, 171])), "01ab");
+        assert_eq!(text(Value::Float(2.0)), "2.0");
+        assert_eq!(text(Value::Float(0.1)), "0.1");
+        assert_eq!(text(Value::Bool(false)), "false");
+        assert_eq!(json(Value::Bytes(vec![1, 171])), r#"{"type":"bytes","value":"01ab"}"#);
+        assert_eq!(json(Value::UInt(u64::MAX)), r#"{"type":"int","value":18446744073709551615}"#);
+        assert_eq!(json(Value::Float(2.0)), r#"{"type":"float","value":2.0}"#);
+        assert_eq!(json(Value::Float(f64::NAN)), r#"{"type":"float","value":NaN}"#);
+        assert_eq!(json(Value::Str("\"".into())), r#"{"type":"str","value":"\""}"#);
+    }
+}
