@@ -25,7 +25,8 @@ fn call(name: &str, args: Vec<Msgpack>) -> Msgpack {
 /// Datagrams that every decoder path must refuse.
 fn malformed_datagrams() -> Vec<Vec<u8>> {
     let id20 = Msgpack::Binary(vec![1; 20]);
-    let valid_ping = encode_request(&[9; MESSAGE_ID_LEN], &Request::Ping { sender: NodeId([1; 20]) });
+    let valid_ping =
+        encode_request(&[9; MESSAGE_ID_LEN], &Request::Ping { sender: NodeId([1; 20]) });
     let mut oversized = vec![0u8; 1 + MESSAGE_ID_LEN];
     // bin32 announcing more than the datagram holds, padded to the largest UDP payload.
     oversized.extend_from_slice(&[0xc6, 0xff, 0xff, 0xff, 0xff]);
@@ -100,9 +101,10 @@ async fn hostile_datagrams_are_counted_and_dropped_and_the_node_still_answers() 
     attacker.send_to(&stray_answer, target).await.unwrap();
 
     // Still alive and answering, through all of that.
-    let pinger = Node::start("127.0.0.1:0".parse().unwrap(), NodeConfig::default(), Metrics::unregistered())
-        .await
-        .unwrap();
+    let pinger =
+        Node::start("127.0.0.1:0".parse().unwrap(), NodeConfig::default(), Metrics::unregistered())
+            .await
+            .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let dropped = node.metrics().malformed_total();
@@ -120,7 +122,8 @@ async fn hostile_datagrams_are_counted_and_dropped_and_the_node_still_answers() 
     );
     // None of the malformed requests drew an answer.
     let mut buffer = [0u8; 64];
-    let silence = tokio::time::timeout(Duration::from_millis(300), attacker.recv_from(&mut buffer)).await;
+    let silence =
+        tokio::time::timeout(Duration::from_millis(300), attacker.recv_from(&mut buffer)).await;
     assert!(silence.is_err(), "the node answered a malformed datagram");
     node.shutdown();
     pinger.shutdown();
