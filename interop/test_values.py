@@ -1,8 +1,10 @@
 """Values stored on one implementation are found by the other, with their exact type."""
 
+import asyncio
+
 from kademlia.utils import digest
 
-from harness import HOST, PythonNodes, cli_get, cli_put, gather_limited, run_async, same_value
+from harness import HOST, PythonNodes, cli_get, cli_put, run_async, same_value
 
 # Every value type a Python node accepts, with the encodings most likely to go wrong.
 VALUES = {
@@ -22,7 +24,6 @@ VALUES = {
     "bool_true": True,
     "bool_false": False,
 }
-CLI_CONCURRENCY = 4
 
 
 def mismatches(expected, found):
@@ -35,10 +36,16 @@ def mismatches(expected, found):
     ]
 
 
-async def dht_node_gets(bootstrap_addr, expected):
-    """{key: (value, failure detail)} of `dht-node get --bootstrap bootstrap_addr` for each key."""
-    answers = await gather_limited(CLI_CONCURRENCY, [cli_get(bootstrap_addr, key) for key in expected])
-    return {key: (value, result.describe()) for key, (value, result) in zip(expected, answers)}
+async def dht_node_get_failures(nodes, expected):
+    """Runs `dht-node get --bootstrap <node>` for every node and key, all at once (a one-shot client
+    that is still running answers the others' lookups, one that has exited costs them a timeout),
+    and returns a line for every answer that is missing or differs in type or value."""
+    lookups = [(label, addr, key) for label, addr in nodes for key in expected]
+    answers = await asyncio.gather(*(cli_get(addr, key) for _, addr, key in lookups))
+    failures = []
+    for (label, _, key), (value, result) in zip(lookups, answers):
+        failures += [f"get via {label}: {line}" for line in mismatches({key: expected[key]}, {key: (value, result.describe())})]
+    return failures
 
 
 def test_values_set_by_python_are_found_by_dht_node(procs):
@@ -48,17 +55,15 @@ def test_values_set_by_python_are_found_by_dht_node(procs):
         async with PythonNodes() as nodes:
             first = await nodes.start()
             second = await nodes.start(bootstrap=[first.kadscale_addr])
-            for key, value in expected.items():
-                assert await first.set(key, value), f"Python set({key!r}) stored nowhere"
+            stored = await asyncio.gather(*(first.set(key, value) for key, value in expected.items()))
+            assert all(stored), f"Python set() stored nowhere: {dict(zip(expected, stored))}"
 
             # A dht-node worker joining the Python network after the stores.
             worker = procs.dht_node("worker", bootstrap=[second.kadscale_addr])
             await worker.wait_ready_async()
 
-            failures = []
-            for where in (first.kadscale_addr, worker.addr):
-                found = await dht_node_gets(where, expected)
-                failures += [f"get via {where}: {line}" for line in mismatches(expected, found)]
+            where = [(f"Python node {first.kadscale_addr}", first.kadscale_addr), (worker.label, worker.addr)]
+            failures = await dht_node_get_failures(where, expected)
             assert not failures, "\n".join(failures) + "\n" + worker.report()
 
     run_async(scenario(), timeout=60)
@@ -72,12 +77,12 @@ def test_values_put_by_dht_node_are_found_by_python(procs):
     worker.wait_ready()
 
     async def scenario():
-        puts = await gather_limited(CLI_CONCURRENCY, [cli_put(bootstrap.addr, k, v) for k, v in expected.items()])
-        failed = [result.describe() for result in puts if result.returncode != 0]
-        assert not failed, "dht-node put failed:\n" + "\n".join(failed)
-
         async with PythonNodes() as nodes:
             python = await nodes.start(bootstrap=[bootstrap.addr])
+            puts = await asyncio.gather(*(cli_put(worker.addr, k, v) for k, v in expected.items()))
+            failed = [result.describe() for result in puts if result.returncode != 0]
+            assert not failed, "dht-node put failed:\n" + "\n".join(failed)
+
             # The raw find_value answer of each dht-node, as a Python node decodes it.
             for node in (bootstrap, worker):
                 direct = {}
@@ -104,12 +109,9 @@ def test_values_set_by_python_on_a_dht_node_network_are_found_by_dht_node(procs)
     async def scenario():
         async with PythonNodes() as nodes:
             python = await nodes.start(bootstrap=[worker.addr])
-            for key, value in expected.items():
-                assert await python.set(key, value), f"Python set({key!r}) stored nowhere\n{worker.report()}"
-            failures = []
-            for node in (bootstrap, worker):
-                found = await dht_node_gets(node.addr, expected)
-                failures += [f"get via {node.label}: {line}" for line in mismatches(expected, found)]
+            stored = await asyncio.gather(*(python.set(key, value) for key, value in expected.items()))
+            assert all(stored), f"Python set() stored nowhere: {dict(zip(expected, stored))}\n{worker.report()}"
+            failures = await dht_node_get_failures([(n.label, n.addr) for n in (bootstrap, worker)], expected)
             assert not failures, "\n".join(failures)
 
     run_async(scenario(), timeout=60)
