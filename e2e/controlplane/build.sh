@@ -29,19 +29,26 @@ kubernetes_minor() {
   echo "${without_v%%.*}"
 }
 
+# requires_module GO_MOD MODULE VERSION: whether GO_MOD requires exactly MODULE at VERSION.
+requires_module() {
+  grep -Eq "^(require)?[[:space:]]*$2 $3( |\$)" "$1"
+}
+
 # The wrapper modules pin versions too; a mismatch would build one version and stamp another.
 check_wrapper_versions() {
   local staging_version="v0.${KUBERNETES_VERSION#v1.}"
-  grep -q "^require k8s.io/kubernetes $KUBERNETES_VERSION\$" "$CONTROLPLANE_DIR/kubernetes/go.mod" ||
+  requires_module "$CONTROLPLANE_DIR/kubernetes/go.mod" k8s.io/kubernetes "$KUBERNETES_VERSION" ||
     fail "kubernetes/go.mod does not require k8s.io/kubernetes $KUBERNETES_VERSION (common.sh)"
   if grep -E '=> k8s.io/[a-z-]+ v' "$CONTROLPLANE_DIR/kubernetes/go.mod" | grep -v " $staging_version\$" >&2; then
     fail "kubernetes/go.mod: the staging replace lines above are not at $staging_version"
   fi
-  grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION" "$CONTROLPLANE_DIR/etcd/go.mod" ||
+  requires_module "$CONTROLPLANE_DIR/etcd/go.mod" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" ||
     fail "etcd/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION (common.sh)"
 }
 
 # The release date of the Kubernetes module, as buildDate in /version (reproducible, unlike now).
+# The module proxy does not record the commit, so gitCommit is stamped empty rather than left
+# as the source archive's unexpanded "$Format:%H$".
 kubernetes_release_date() {
   (cd "$CONTROLPLANE_DIR/kubernetes" && go list -m -json k8s.io/kubernetes) |
     sed -n 's/^[[:space:]]*"Time": "\(.*\)",*$/\1/p'
@@ -55,6 +62,7 @@ kubernetes_ldflags() {
       "-X $package.gitMajor=1"
       "-X $package.gitMinor=$(kubernetes_minor)"
       "-X $package.gitTreeState=clean"
+      "-X $package.gitCommit="
       "-X $package.buildDate=$KUBERNETES_RELEASE_DATE"
     )
   done

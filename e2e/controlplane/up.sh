@@ -42,6 +42,7 @@ generate_pki() {
   issue_certificate apiserver "/CN=kube-apiserver" \
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   issue_certificate admin "/O=system:masters/CN=kadscale-admin" "$client"
+  issue_certificate front-proxy-client "/CN=front-proxy-client" "$client"
   issue_certificate kube-controller-manager "/CN=system:kube-controller-manager" "$client"
   issue_certificate kube-scheduler "/CN=system:kube-scheduler" "$client"
   # kwok writes the status of many nodes and every pod on them; no built-in role covers that.
@@ -69,11 +70,12 @@ write_kubeconfig() {
 # ---------------------------------------------------------------------------------------------
 
 # start_component NAME ARGS...: runs the cached binary NAME in its own session, so it outlives
-# the shell that started it and ignores that terminal's Ctrl-C; down.sh stops it by pid.
+# the shell that started it and ignores that terminal's Ctrl-C; down.sh stops it by pid. It must
+# not inherit the run-directory lock (fd 8), or the lock would be held for the cluster's lifetime.
 start_component() {
   local name="$1"
   shift
-  setsid "$(controlplane_binary_path "$name")" "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  setsid "$(controlplane_binary_path "$name")" "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null 8>&- &
   echo $! >"$PID_DIR/$name.pid"
 }
 
@@ -125,6 +127,8 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # The request-header (front proxy) settings are what aggregated API servers authenticate with;
+  # without them every component logs a missing CA bundle error over and over.
   # --advertise-address must be set or it is taken from the default route, which a loopback-only
   # cluster must not depend on; Endpoints reject loopback addresses, so the reconciler of the
   # `kubernetes` Service's endpoints is off (nothing runs in pods here to use them).
@@ -137,6 +141,13 @@ start_apiserver() {
     --tls-cert-file "$PKI_DIR/apiserver.crt" \
     --tls-private-key-file "$PKI_DIR/apiserver.key" \
     --client-ca-file "$PKI_DIR/ca.crt" \
+    --requestheader-client-ca-file "$PKI_DIR/ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI_DIR/front-proxy-client.crt" \
+    --proxy-client-key-file "$PKI_DIR/front-proxy-client.key" \
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
