@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::plan::{decide, Observed};
 use crate::status::{self, ChildrenStatus, Reconciled};
 use crate::time::truncate;
-use crate::validate::validate;
+use crate::validate::{check_name, validate};
 
 /// Why a reconcile failed; each is retried with per-object exponential backoff.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +179,9 @@ async fn reconcile_cluster(cluster: &DhtCluster, ctx: &Context) -> Result<Action
     let id = ClusterIdentity::of(cluster)?;
     let now = truncate(SystemTime::now());
     let previous = cluster.status.as_ref();
-    let settings = match validate(&cluster.spec, &ctx.config.default_image) {
+    let validated = validate(&cluster.spec, &ctx.config.default_image)
+        .and_then(|settings| check_name(&id.name, &settings).map(|()| settings));
+    let settings = match validated {
         Ok(settings) => settings,
         Err(error) => {
             // Nothing to retry until the spec changes.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -289,8 +289,11 @@ async fn lead_while_elected(
             }
         }
         if shutdown.is_cancelled() {
-            if let Err(error) = elector.release().await {
-                tracing::warn!(%error, "releasing the lease");
+            // Bounded: an unreachable API server must not keep a stopping pod alive.
+            match tokio::time::timeout(Duration::from_secs(5), elector.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "releasing the lease"),
+                Err(_) => tracing::warn!("releasing the lease timed out"),
             }
             return;
         }

@@ -26,6 +26,28 @@ pub enum SpecError {
         "spec.bootstrap.expose.{field} ({base}) plus maxBootstrapNodes - 1 ({extra}) exceeds 65535"
     )]
     ExposePortOverflow { field: &'static str, base: u32, extra: u32 },
+    #[error("metadata.name {name:?} is {len} characters; at most {max} fit {why}")]
+    NameTooLong { name: String, len: usize, max: usize, why: &'static str },
+}
+
+/// Longest cluster name whose StatefulSet `NAME-bootstrap` still fits: the StatefulSet
+/// controller labels pods with `NAME-bootstrap-<10-character hash>`, at most 63 characters.
+const MAX_NAME: usize = 63 - "-bootstrap".len() - 11;
+/// Longest cluster name whose expose Services `NAME-bootstrap-<ordinal>-external` fit in 63
+/// characters for up to 1000 bootstrap pods.
+const MAX_NAME_WITH_EXPOSE: usize = 63 - "-bootstrap-999-external".len();
+
+/// Checks that every child's name derived from the cluster's `name` is a valid object name.
+pub fn check_name(name: &str, settings: &Settings) -> Result<(), SpecError> {
+    let (max, why) = if settings.expose.is_some() {
+        (MAX_NAME_WITH_EXPOSE, "the expose Services' names NAME-bootstrap-N-external")
+    } else {
+        (MAX_NAME, "the bootstrap pods' revision label NAME-bootstrap-HASH")
+    };
+    if name.len() > max {
+        return Err(SpecError::NameTooLong { name: name.to_string(), len: name.len(), max, why });
+    }
+    Ok(())
 }
 
 /// Everything a reconcile needs from the spec, validated.
@@ -244,6 +266,20 @@ mod tests {
                 validate(&spec(json!({"bootstrap": {"strategy": name}})), DEFAULT_IMAGE).unwrap();
             assert_eq!(settings.policy.strategy, expected, "{name}");
         }
+    }
+
+    #[test]
+    fn names_must_leave_room_for_child_names() {
+        let plain = validate(&spec(json!({})), DEFAULT_IMAGE).unwrap();
+        let exposed = validate(&spec(json!({"bootstrap": {"expose": {}}})), DEFAULT_IMAGE).unwrap();
+        assert!(check_name(&"a".repeat(42), &plain).is_ok());
+        let error = check_name(&"a".repeat(43), &plain).unwrap_err().to_string();
+        assert!(error.starts_with("metadata.name") && error.contains("at most 42"), "{error}");
+        assert!(check_name(&"a".repeat(40), &exposed).is_ok());
+        assert!(check_name(&"a".repeat(41), &exposed).is_err());
+        // The longest names still give valid children.
+        assert_eq!(format!("{}-bootstrap-{}", "a".repeat(42), "0123456789").len(), 63);
+        assert_eq!(format!("{}-bootstrap-999-external", "a".repeat(40)).len(), 63);
     }
 
     #[test]
