@@ -38,10 +38,15 @@ impl ApiError {
         ApiError { verb, kind: kind.into(), name: name.to_string(), source }
     }
 
-    /// Whether retrying the same request can succeed: forbidden and invalid requests need a
-    /// person (RBAC, an admission policy, the spec) and become a Degraded condition.
-    pub fn needs_a_person(&self) -> bool {
-        matches!(&self.source, kube::Error::Api(status) if status.is_forbidden() || status.is_invalid())
+    /// The `Degraded` reason of a request that retrying cannot fix, because it needs a person
+    /// (RBAC, an admission policy, the spec): `Forbidden` or `Rejected`. `None` for errors that
+    /// may pass on retry (timeouts, conflicts, an API server restarting).
+    pub fn degraded_reason(&self) -> Option<&'static str> {
+        match &self.source {
+            kube::Error::Api(status) if status.is_forbidden() => Some("Forbidden"),
+            kube::Error::Api(status) if status.is_invalid() => Some("Rejected"),
+            _ => None,
+        }
     }
 }
 
@@ -170,4 +175,26 @@ async fn delete_stale_expose_services(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn refused(code: u16, reason: &str) -> ApiError {
+        let status = Status::failure("refused", reason).with_code(code);
+        ApiError::new("apply", "StatefulSet", "dht-bootstrap", kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn only_refusals_a_person_must_fix_degrade_the_cluster() {
+        assert_eq!(refused(403, "Forbidden").degraded_reason(), Some("Forbidden"));
+        assert_eq!(refused(422, "Invalid").degraded_reason(), Some("Rejected"));
+        assert_eq!(refused(409, "Conflict").degraded_reason(), None);
+        assert_eq!(refused(500, "InternalError").degraded_reason(), None);
+        let message = refused(403, "Forbidden").to_string();
+        assert!(message.starts_with("apply StatefulSet dht-bootstrap: "), "{message}");
+    }
 }

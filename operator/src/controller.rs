@@ -144,16 +144,13 @@ async fn reconcile(cluster: Arc<DhtCluster>, ctx: Arc<Context>) -> Result<Action
         Ok(_) => {
             lock(&ctx.failures).remove(&ObjectRef::from(cluster.as_ref()));
         }
-        Err(Error::Api(error)) if error.needs_a_person() => {
+        Err(Error::Api(error)) => {
             // Retrying cannot fix a forbidden or invalid request: tell the user in status.
-            let reason = if matches!(&error.source, kube::Error::Api(s) if s.is_forbidden()) {
-                "Forbidden"
-            } else {
-                "Rejected"
-            };
-            write_degraded(&cluster, &ctx, reason, &error.to_string()).await;
+            if let Some(reason) = error.degraded_reason() {
+                write_degraded(&cluster, &ctx, reason, &error.to_string()).await;
+            }
         }
-        Err(_) => {}
+        Err(Error::Metadata(_)) => {}
     }
     result
 }
