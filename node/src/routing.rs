@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::codec::Contact;
-use crate::id::NodeId;
+use crate::id::{Distance, NodeId, ID_LEN};
 
 /// Python keeps up to `5 * k` replacement contacts per bucket.
 pub const REPLACEMENT_FACTOR: usize = 5;
@@ -49,6 +49,18 @@ impl Bucket {
 
     fn covers(&self, id: &NodeId) -> bool {
         self.low <= *id && *id <= self.high
+    }
+
+    /// The smallest distance from `target` to any id in this bucket's range. Ranges are
+    /// aligned blocks (`high = low | (2^m - 1)`), so it is `(target ^ low)` with the m free
+    /// bits cleared.
+    fn nearest_distance(&self, target: &NodeId) -> Distance {
+        let mut out = [0u8; ID_LEN];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let free_bits = self.low.0[i] ^ self.high.0[i];
+            *byte = (target.0[i] ^ self.low.0[i]) & !free_bits;
+        }
+        Distance(out)
     }
 
     /// Python's `KBucket.add_node`: true when the contact is in the bucket proper afterwards.
@@ -204,20 +216,35 @@ impl RoutingTable {
         count: usize,
         exclude: Option<SocketAddr>,
     ) -> Vec<Contact> {
-        let mut candidates: Vec<Contact> = self
+        // Every bucket covers an aligned block of ids, and XOR with the target maps aligned
+        // blocks to aligned blocks: all of one bucket's contacts are closer to the target than
+        // all of another's. So buckets are visited closest block first, each sorted on its own,
+        // and the visit stops once `count` contacts are in hand.
+        let mut order: Vec<(Distance, usize)> = self
             .buckets
             .iter()
-            .flat_map(|bucket| bucket.contacts.iter())
-            .filter(|contact| contact.id != *target && Some(contact.addr) != exclude)
-            .copied()
+            .enumerate()
+            .filter(|(_, bucket)| !bucket.contacts.is_empty())
+            .map(|(index, bucket)| (bucket.nearest_distance(target), index))
             .collect();
-        if candidates.len() > count && count > 0 {
-            candidates.select_nth_unstable_by_key(count - 1, |contact| contact.id.distance(target));
-            candidates.truncate(count);
+        order.sort_unstable();
+        let mut found: Vec<(Distance, Contact)> = Vec::with_capacity(count + self.k);
+        for (_, index) in order {
+            if found.len() >= count {
+                break;
+            }
+            let start = found.len();
+            found.extend(
+                self.buckets[index]
+                    .contacts
+                    .iter()
+                    .filter(|contact| contact.id != *target && Some(contact.addr) != exclude)
+                    .map(|contact| (contact.id.distance(target), *contact)),
+            );
+            found[start..].sort_unstable_by_key(|(distance, _)| *distance);
         }
-        candidates.truncate(count);
-        candidates.sort_unstable_by_key(|contact| contact.id.distance(target));
-        candidates
+        found.truncate(count);
+        found.into_iter().map(|(_, contact)| contact).collect()
     }
 
     /// Marks the bucket holding `target` as used now, as a lookup near it does in Python.
@@ -246,7 +273,6 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::id::ID_LEN;
 
     fn contact(id: NodeId, port: u16) -> Contact {
         Contact { id, addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port) }
@@ -351,6 +377,13 @@ mod tests {
         expected.truncate(20);
         assert_eq!(found, expected);
         assert!(table.closest(&target, 0, None).is_empty());
+        for count in [1, 20, 50, stored.len() + 5] {
+            let target = NodeId::random();
+            let mut expected = stored.clone();
+            expected.sort_by_key(|c| c.id.distance(&target));
+            expected.truncate(count);
+            assert_eq!(table.closest(&target, count, None), expected);
+        }
     }
 
     #[test]
