@@ -218,9 +218,6 @@ async fn reconcile_cluster(cluster: &DhtCluster, ctx: &Context) -> Result<Action
         now,
     );
     status::write(&cluster_api(cluster, ctx), &ctx.recorder, cluster, &next).await?;
-    if let crate::plan::WorkerGate::TimedOut = decision.workers.gate {
-        tracing::warn!(cluster = %id.name, "bootstrap tier not Ready in time; workers grow anyway");
-    }
     Ok(Action::requeue(decision.requeue_after.unwrap_or(RESYNC)))
 }
 

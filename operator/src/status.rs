@@ -250,6 +250,26 @@ pub fn notices(previous: Option<&DhtClusterStatus>, next: &DhtClusterStatus) -> 
             });
         }
     }
+    // A wait for the bootstrap tier that ended with workers growing while bootstraps were
+    // still not Ready: the timeout fired.
+    if let Some(before) = previous.filter(|p| p.worker_growth_waiting_since.is_some()) {
+        let grew = next.workers.applied > before.workers.applied;
+        if grew
+            && next.worker_growth_waiting_since.is_none()
+            && next.bootstrap.ready < next.bootstrap.desired
+        {
+            notices.push(Notice {
+                warning: true,
+                reason: "BootstrapReadyTimeout",
+                action: "GrowWorkers".into(),
+                note: format!(
+                    "bootstrap tier not Ready ({}/{}) within spec.bootstrap.bootstrapReadyTimeoutSeconds; \
+                     workers grow to {} anyway",
+                    next.bootstrap.ready, next.bootstrap.desired, next.workers.applied
+                ),
+            });
+        }
+    }
     let was = previous.and_then(|s| s.ratio_status.as_deref());
     match (was, next.ratio_status.as_deref()) {
         (Some("Warning"), Some("Warning")) | (_, None) => {}
@@ -472,6 +492,27 @@ spec:
         assert!(progressing.message.contains("16 of 51"), "{}", progressing.message);
         assert_eq!(find(&status, READY).reason, "BootstrapNotReady");
         assert_eq!(decision.requeue_after, Some(Duration::from_secs(121)));
+    }
+
+    #[test]
+    fn a_timed_out_wait_is_a_warning_event() {
+        let cluster = cluster(51);
+        let observed = Observed { workers_applied: Some(16), bootstrap_ready: 3 };
+        let report = ChildrenStatus { bootstrap_ready: 3, worker_replicas: 16, worker_ready: 16 };
+        let (_, waiting) = reconcile(&cluster, None, observed, report, t(0));
+        let (_, still) = reconcile(&cluster, Some(&waiting), observed, report, t(60));
+        assert!(notices(Some(&waiting), &still).is_empty());
+        let (decision, grown) = reconcile(&cluster, Some(&still), observed, report, t(120));
+        assert_eq!(decision.workers.replicas, 51);
+        let events = notices(Some(&still), &grown);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].warning && events[0].reason == "BootstrapReadyTimeout");
+        assert!(events[0].note.contains("(3/4)"), "{}", events[0].note);
+        // Bootstraps turning Ready ends the wait without a warning.
+        let ready = Observed { bootstrap_ready: 4, ..observed };
+        let report = ChildrenStatus { bootstrap_ready: 4, ..report };
+        let (_, opened) = reconcile(&cluster, Some(&still), ready, report, t(61));
+        assert!(notices(Some(&still), &opened).is_empty());
     }
 
     #[test]
