@@ -822,6 +822,31 @@ fn write_ext(out: &mut Vec<u8>, tag: i8, data: &[u8]) {
     out.extend_from_slice(data);
 }
 
+/// Decodes `datagram` and, when it is valid, checks that re-encoding is stable: the encoding
+/// of what was decoded decodes and re-encodes to the same bytes, and every answer reader
+/// copes with a response body. Panics when they disagree; that is the property the fuzz
+/// target (`node/fuzz`) and the robustness test check on arbitrary input. Returns whether
+/// the datagram was valid.
+pub fn check_decoder(datagram: &[u8]) -> bool {
+    let encoded = match decode_datagram(datagram) {
+        Err(_) => return false,
+        Ok(Datagram::Request { id, request }) => encode_request(&id, &request),
+        Ok(Datagram::Response { id, body }) => {
+            // Readers may refuse a body, never panic on it.
+            let _ = (ping_answer(&body), store_answer(&body), stun_answer(&body));
+            let _ = (find_node_answer(&body), find_value_answer(&body));
+            encode_response(&id, &Response::Extension(body))
+        }
+    };
+    let again = match decode_datagram(&encoded) {
+        Ok(Datagram::Request { id, request }) => encode_request(&id, &request),
+        Ok(Datagram::Response { id, body }) => encode_response(&id, &Response::Extension(body)),
+        Err(error) => panic!("re-encoded datagram does not decode: {error}"),
+    };
+    assert_eq!(encoded, again, "re-encoding is not stable");
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
