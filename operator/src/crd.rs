@@ -878,6 +878,29 @@ mod tests {
         }
     }
 
+    /// Every DhtCluster in the README's YAML blocks (and the quick start's heredoc) is valid:
+    /// it parses, passes the CEL rules and the operator's own validation.
+    #[test]
+    fn readme_examples_are_valid() {
+        let readme = include_str!("../README.md");
+        let mut checked = 0;
+        for block in readme.split("```").skip(1).step_by(2) {
+            let yaml = match block.split_once("<<'EOF'\n") {
+                Some((_, rest)) => rest.split("\nEOF").next().unwrap_or_default(),
+                None => block.strip_prefix("yaml\n").unwrap_or_default(),
+            };
+            if !yaml.contains("kind: DhtCluster") {
+                continue;
+            }
+            let cluster: DhtCluster = yaml_serde::from_str(yaml).unwrap();
+            let spec = serde_json::to_value(&cluster.spec).unwrap();
+            assert_eq!(cel_failures(spec), Vec::<String>::new(), "{yaml}");
+            crate::validate::validate(&cluster.spec, DEFAULT_IMAGE).unwrap();
+            checked += 1;
+        }
+        assert_eq!(checked, 2, "the quick start and the fuller example");
+    }
+
     #[test]
     fn committed_crd_matches_generated() {
         let committed = include_str!("../../crds/dhtcluster.yaml");
