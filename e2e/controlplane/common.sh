@@ -74,8 +74,10 @@ recorded_pid() {
   echo "$pid"
 }
 
-# Stops every recorded component (TERM, then KILL after a grace period) and removes the state
-# directory; logs stay in $LOG_DIR until the next start.
+# Stops every recorded component (TERM, then KILL after 5 seconds) and removes the state
+# directory; logs stay in $LOG_DIR until the next start. kube-apiserver on SIGTERM waits up to a
+# minute for its own loopback connections to drain; its state is being discarded, so it is not
+# worth waiting for.
 stop_local_cluster() {
   local index name pid waited
   for ((index = ${#LOCAL_COMPONENTS[@]} - 1; index >= 0; index--)); do
@@ -83,12 +85,12 @@ stop_local_cluster() {
     pid="$(recorded_pid "$name")" || continue
     echo "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((waited = 0; waited < 100; waited++)); do
+    for ((waited = 0; waited < 50; waited++)); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
     if kill -0 "$pid" 2>/dev/null; then
-      echo "$name did not exit within 10s of SIGTERM; sending SIGKILL"
+      echo "$name did not exit within 5s of SIGTERM; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done

@@ -98,8 +98,9 @@ wait_until() {
   done
 }
 
+# Something accepts connections on 127.0.0.1:PORT (bash's /dev/tcp: no extra tool needed).
 port_in_use() {
-  ss -Hltn "sport = :$1" | grep -q .
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 check_ports_free() {
