@@ -1,7 +1,6 @@
 //! The `dht-node` command line: `bootstrap` and `worker` run a node; `put`, `get` and `ping`
 //! talk to a running DHT from a shell.
 
-use std::future::Future;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -13,7 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 
 use crate::admin::{self, AdminState};
+use crate::bootstrap::args::BootstrapArgs;
 use crate::bootstrap::endpoint::{EndpointList, HostPort};
+use crate::bootstrap::node_prober::manage_node;
 use crate::codec::Value;
 use crate::config::NodeConfig;
 use crate::id::{key_digest, NodeId};
@@ -53,23 +54,30 @@ pub struct BootstrapCommand {
     #[arg(long, env = "DHT_PORT", default_value_t = 5678)]
     pub port: u16,
 
-    /// Peer bootstrap nodes to join, HOST:PORT comma-separated (port 5678 when left out).
-    #[arg(long, env = "BOOTSTRAP_NODES", value_name = "HOST:PORT,...")]
-    pub bootstrap: Vec<EndpointList>,
+    /// Where to find peer bootstrap nodes (often the DNS name all of them are behind).
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
 
     #[command(flatten)]
     pub node: NodeOptions,
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("bootstrap_source")
+        .required(true)
+        .multiple(true)
+        .args(["bootstrap", "bootstrap_dns", "bootstrap_file"])
+))]
 pub struct WorkerCommand {
     /// UDP port to listen on.
     #[arg(long, env = "DHT_PORT", default_value_t = 7000)]
     pub port: u16,
 
-    /// Bootstrap nodes to join through, HOST:PORT comma-separated (port 5678 when left out).
-    #[arg(long, env = "BOOTSTRAP_NODES", value_name = "HOST:PORT,...", required = true)]
-    pub bootstrap: Vec<EndpointList>,
+    /// The bootstrap nodes to join through: at least one of --bootstrap, --bootstrap-dns,
+    /// --bootstrap-file.
+    #[command(flatten)]
+    pub bootstrap: BootstrapArgs,
 
     #[command(flatten)]
     pub node: NodeOptions,
@@ -329,50 +337,17 @@ fn flatten(lists: &[EndpointList]) -> Vec<HostPort> {
     lists.iter().flat_map(|list| list.0.iter().cloned()).collect()
 }
 
-/// Joins through `endpoints` the way the Python package does (ping each, then a lookup of the
-/// own id seeded by those that answered), until the routing table holds peers or `shutdown`.
-/// This is the plain join; the bootstrap manager replaces it with selection and health.
-pub async fn join_plainly(
-    node: &Node,
-    endpoints: &[HostPort],
-    retry_every: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        match resolve(endpoints).await {
-            Ok(addrs) => {
-                let found = node.bootstrap(&addrs).await;
-                if node.routing_table_len() > 0 {
-                    tracing::info!(found = found.len(), "joined the DHT");
-                    return;
-                }
-                tracing::warn!(retry_in = ?retry_every, "no bootstrap node answered");
-            }
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "cannot resolve bootstrap nodes")
-            }
-        }
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(retry_every) => {}
-        }
-    }
-}
-
-/// How often a node that is not yet joined tries its bootstrap list again.
-const PLAIN_JOIN_RETRY: Duration = Duration::from_secs(5);
-
 async fn run_node(
     role: Role,
     port: u16,
-    bootstrap: &[EndpointList],
+    bootstrap: &BootstrapArgs,
     options: &NodeOptions,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let listen = SocketAddr::new(options.host, port);
     let node = Node::start(listen, options.config(), metrics).await?;
+    let manager = Arc::new(manage_node(&node, bootstrap, role == Role::Bootstrap, &mut registry)?);
     let stop = tokio_util::sync::CancellationToken::new();
 
     let admin = match options.admin_addr {
@@ -396,13 +371,10 @@ async fn run_node(
         None => None,
     };
 
-    let endpoints = flatten(bootstrap);
-    let joiner = (!endpoints.is_empty()).then(|| {
-        let node = node.clone();
-        let join_stop = stop.clone();
-        tokio::spawn(async move {
-            join_plainly(&node, &endpoints, PLAIN_JOIN_RETRY, join_stop.cancelled()).await
-        })
+    // A bootstrap node given no peers has nothing to join; it waits to be joined.
+    let joiner = (!bootstrap.discovery_config().is_empty()).then(|| {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.run().await })
     });
 
     let signal = shutdown_signal().await?;
@@ -410,7 +382,7 @@ async fn run_node(
     stop.cancel();
     node.shutdown();
     if let Some(joiner) = joiner {
-        let _ = joiner.await;
+        joiner.abort();
     }
     if let Some(admin) = admin {
         match admin.await {
@@ -562,7 +534,7 @@ mod tests {
         assert_eq!(cli.log_format, LogFormat::Json);
         let Command::Worker(worker) = cli.command else { panic!("not a worker") };
         assert_eq!(worker.port, 7000);
-        let endpoints = flatten(&worker.bootstrap);
+        let endpoints = worker.bootstrap.discovery_config().static_entries;
         assert_eq!(endpoints.len(), 3);
         assert_eq!((endpoints[1].host.as_str(), endpoints[1].port), ("boot.example", 7000));
         assert_eq!(endpoints[2].port, 5678);
@@ -570,13 +542,20 @@ mod tests {
         assert_eq!((config.k, config.alpha), (25, 3));
         assert_eq!(config.node_id, Some(key_digest(b"hello")));
         assert!(Cli::try_parse_from(["dht-node", "worker"]).is_err(), "a worker needs --bootstrap");
+        let dns_only = Cli::try_parse_from([
+            "dht-node",
+            "worker",
+            "--bootstrap-dns",
+            "kad-bootstrap.ns.svc:5678",
+        ]);
+        assert!(dns_only.is_ok(), "--bootstrap-dns alone is enough");
         let Command::Bootstrap(bootstrap) =
             Cli::try_parse_from(["dht-node", "bootstrap"]).unwrap().command
         else {
             panic!("not a bootstrap node")
         };
         assert_eq!(bootstrap.port, 5678);
-        assert!(bootstrap.bootstrap.is_empty());
+        assert!(bootstrap.bootstrap.discovery_config().is_empty());
         assert!(Cli::try_parse_from(["dht-node", "bootstrap", "--node-id", "xyz"]).is_err());
     }
 
