@@ -331,26 +331,15 @@ def value_from_cli_json(text):
     return value
 
 
-# Per-call timeout of the one-shot put/get clients. Each client that has exited stays in the
-# routing tables of the nodes it talked to (Python nodes add every caller), so every later
-# lookup that meets one waits a full timeout for it; 1 s is ample on loopback and keeps a test
-# with a hundred one-shot clients within its time budget.
-CLI_TIMEOUT_MS = "1000"
-
-
 async def cli_put(bootstrap, key, value):
     kind, text = cli_type_and_text(value)
     # `--` ends the options: values such as -7 and keys starting with "-" are positionals.
-    return await run_cli(
-        "put", "--bootstrap", bootstrap, "--type", kind, "--timeout-ms", CLI_TIMEOUT_MS, "--", key, text
-    )
+    return await run_cli("put", "--bootstrap", bootstrap, "--type", kind, "--", key, text)
 
 
 async def cli_get(bootstrap, key):
     """(value or None, CliResult) of `dht-node get --output json`."""
-    result = await run_cli(
-        "get", "--bootstrap", bootstrap, "--output", "json", "--timeout-ms", CLI_TIMEOUT_MS, "--", key
-    )
+    result = await run_cli("get", "--bootstrap", bootstrap, "--output", "json", "--", key)
     if result.returncode == 0:
         return value_from_cli_json(result.stdout), result
     return None, result
@@ -398,9 +387,9 @@ class PythonNodes:
     def __init__(self):
         self.servers = []
 
-    async def start(self, ksize=20, bootstrap=()):
+    async def start(self, ksize=20, bootstrap=(), server_class=Server):
         """A `kademlia.network.Server` on a free loopback port, bootstrapped off `bootstrap` (host:port)."""
-        server = Server(ksize=ksize)
+        server = server_class(ksize=ksize)
         port = free_udp_port()
         await server.listen(port, interface=HOST)
         self.servers.append(server)
