@@ -157,6 +157,15 @@ impl Dht {
             .collect())
     }
 
+    /// Reasons of the events about this DhtCluster (the operator's events).
+    pub async fn event_reasons(&self) -> Result<Vec<String>> {
+        let about_me = format!("involvedObject.kind=DhtCluster,involvedObject.name={}", self.name);
+        let events = Api::<Event>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default().fields(&about_me))
+            .await?;
+        Ok(events.items.into_iter().filter_map(|event| event.reason).collect())
+    }
+
     /// The cluster's status and the namespace's recent events, for failure messages.
     pub async fn diagnostics(&self) -> String {
         let status = match self.api.get(&self.name).await {

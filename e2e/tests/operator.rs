@@ -15,6 +15,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kadscale_e2e::chart;
 use kadscale_e2e::dht::{pod_uid, Dht, Observation, Settled};
 use kadscale_e2e::scenario::Scenario;
+use kadscale_e2e::wait::{until, Check};
 use kadscale_e2e::watch::{ReplicaHistory, Workload};
 use kadscale_operator::crd::DhtCluster;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -78,6 +79,17 @@ async fn helm_install_lease_and_small_tier() -> Result<()> {
     assert_eq!(bootstrap_pods, ["dht-bootstrap-0", "dht-bootstrap-1"]);
 
     assert_columns(&dht, SMALL_10).await?;
+    // The operator records events about the cluster (events.k8s.io, which its RBAC must allow).
+    let reasons = until("an event about dhtc/dht", SETTLE_TIMEOUT, || async {
+        let reasons = dht.event_reasons().await?;
+        Ok(if reasons.is_empty() {
+            Check::NotYet("no events".into())
+        } else {
+            Check::Done(reasons)
+        })
+    })
+    .await?;
+    eprintln!("e2e: events about dhtc/dht: {reasons:?}");
     let (code, _) = operator.admin_get("/readyz").await?;
     assert_eq!(code, 200, "the leading operator's /readyz");
     operator.ensure_running()
@@ -326,22 +338,18 @@ async fn children_are_recreated_and_garbage_collected() -> Result<()> {
 
     dht.api.delete(&dht.name, &DeleteParams::background()).await?;
     let namespace = scenario.namespace().to_string();
-    kadscale_e2e::wait::until(
-        "everything the DhtCluster owned to be gone",
-        SETTLE_TIMEOUT,
-        || async {
-            let mut left = owned_children(&scenario.client, &namespace, &cluster_uid).await?;
-            let pods = Api::<Pod>::namespaced(scenario.client.clone(), &namespace)
-                .list(&ListParams::default().labels("app.kubernetes.io/instance=dht"))
-                .await?;
-            left.extend(pods.items.iter().map(|pod| format!("Pod/{}", pod.name_any())));
-            Ok(if left.is_empty() {
-                kadscale_e2e::wait::Check::Done(())
-            } else {
-                kadscale_e2e::wait::Check::NotYet(format!("still there: {left:?}"))
-            })
-        },
-    )
+    until("everything the DhtCluster owned to be gone", SETTLE_TIMEOUT, || async {
+        let mut left = owned_children(&scenario.client, &namespace, &cluster_uid).await?;
+        let pods = Api::<Pod>::namespaced(scenario.client.clone(), &namespace)
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=dht"))
+            .await?;
+        left.extend(pods.items.iter().map(|pod| format!("Pod/{}", pod.name_any())));
+        Ok(if left.is_empty() {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("still there: {left:?}"))
+        })
+    })
     .await?;
     operator.ensure_running()
 }
