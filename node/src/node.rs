@@ -411,30 +411,30 @@ impl Node {
 
     // ---- the routing table's upkeep -----------------------------------------------------
 
-    /// Python's `welcome_if_new`: a contact never seen before gets the stored values it is
-    /// now among the closest holders of, then joins the routing table.
+    /// Python's `welcome_if_new`: a contact never seen before joins the routing table and
+    /// gets the stored values it is now among the closest holders of. Unlike Python, values
+    /// go only to contacts that made it into a bucket, not to every id a datagram claims,
+    /// so that a flood of made-up ids cannot turn this node into an amplifier.
     fn welcome_if_new(&self, contact: Contact) {
-        if contact.id == self.id() {
-            return;
-        }
-        let is_new = lock(&self.inner.table).is_new(&contact.id);
-        if is_new && !lock(&self.inner.storage).is_empty() {
-            let node = self.clone();
-            tokio::spawn(async move { node.hand_over_values(contact).await });
-        }
         match self.with_table(|table| table.add(contact)) {
+            Insert::Added => {
+                if !lock(&self.inner.storage).is_empty() {
+                    let node = self.clone();
+                    tokio::spawn(async move { node.hand_over_values(contact).await });
+                }
+            }
             Insert::BucketFull { least_recent } => self.check_least_recent(least_recent),
-            Insert::Added | Insert::Refreshed | Insert::OwnId => {}
+            Insert::Refreshed | Insert::OwnId => {}
         }
     }
 
-    /// Stores at a new contact every value for which it is closer than the farthest known
+    /// Stores at a new contact every value for which it is closer than the farthest other
     /// holder while this node is closer than the closest one (section 2.5 of the paper).
     async fn hand_over_values(&self, newcomer: Contact) {
         let entries = lock(&self.inner.storage).entries();
         let k = self.inner.config.k;
         for (key, value) in entries {
-            let neighbors = self.closest_known(&key, k);
+            let neighbors = lock(&self.inner.table).closest(&key, k, Some(newcomer.addr));
             let deserves = match (neighbors.first(), neighbors.last()) {
                 (Some(closest), Some(farthest)) => {
                     newcomer.id.distance(&key) < farthest.id.distance(&key)

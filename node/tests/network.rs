@@ -115,3 +115,80 @@ async fn ping_stun_and_extensions() {
     a.shutdown();
     b.shutdown();
 }
+
+async fn start_with(config: NodeConfig) -> Node {
+    Node::start(LOOPBACK.parse().unwrap(), config, Metrics::unregistered()).await.unwrap()
+}
+
+/// Waits until `check` holds, for at most 5 s.
+async fn eventually(check: impl Fn() -> bool) -> bool {
+    for _ in 0..250 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+#[tokio::test]
+async fn a_newcomer_closest_to_a_key_is_handed_the_value() {
+    let key = key_digest(b"handed over");
+    let a = start().await;
+    let b = start().await;
+    b.bootstrap(&[a.local_addr()]).await;
+    a.set(key, Value::Str("v".into())).await.unwrap();
+    // The newcomer's id is the key itself: closer than anyone, so whichever of a and b is
+    // closest to the key pushes the value to it when it first hears from it.
+    let newcomer = start_with(NodeConfig { node_id: Some(key), ..config() }).await;
+    assert_eq!(newcomer.stored_len(), 0);
+    newcomer.bootstrap(&[a.local_addr(), b.local_addr()]).await;
+    assert!(eventually(|| newcomer.stored_len() == 1).await, "the value was not handed over");
+    for node in [&a, &b, &newcomer] {
+        node.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn refresh_looks_up_stale_buckets_and_republishes_old_values() {
+    let key = key_digest(b"republished");
+    let republishing = NodeConfig {
+        bucket_stale_after: Duration::ZERO,
+        republish_after: Duration::ZERO,
+        ..config()
+    };
+    let a = start_with(republishing).await;
+    let b = start().await;
+    a.bootstrap(&[b.local_addr()]).await;
+    a.set(key, Value::Int(9)).await.unwrap();
+    // The farthest possible id from the key: no welcome hand-over, only a republish reaches it.
+    let mut far = key.0;
+    far.iter_mut().for_each(|byte| *byte = !*byte);
+    let late =
+        start_with(NodeConfig { node_id: Some(kadscale_node::id::NodeId(far)), ..config() }).await;
+    late.bootstrap(&[a.local_addr()]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(late.stored_len(), 0);
+    let lookups_before = lookup_count(&a);
+    a.refresh().await;
+    assert!(lookup_count(&a) > lookups_before, "stale buckets were not refreshed");
+    assert!(eventually(|| late.stored_len() == 1).await, "the value was not republished");
+    for node in [&a, &b, &late] {
+        node.shutdown();
+    }
+}
+
+fn lookup_count(node: &Node) -> u64 {
+    ["nodes", "empty", "value"]
+        .into_iter()
+        .map(|outcome| {
+            node.metrics()
+                .lookups
+                .get_or_create(&kadscale_node::metrics::LookupLabels {
+                    kind: "find_node".into(),
+                    outcome: outcome.into(),
+                })
+                .get()
+        })
+        .sum()
+}
