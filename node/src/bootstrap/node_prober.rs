@@ -292,6 +292,57 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_bootstrap_node_is_healthy_again_within_one_interval() {
+        let stays = start_bootstrap(50).await;
+        let restarts = start_bootstrap(50).await;
+        let port_of_restarted = restarts.local_addr();
+        let interval = Duration::from_millis(300);
+        let config = ManagerConfig {
+            health_check_interval: interval,
+            failure_threshold: 2,
+            connection_timeout: Duration::from_millis(100),
+            ..ManagerConfig::default()
+        };
+        let worker = start_node().await;
+        let manager = Arc::new(manager_with(&worker, &[&stays, &restarts], config));
+        let running = tokio::spawn({
+            let manager = manager.clone();
+            async move { manager.run().await }
+        });
+        let healthy = |manager: &NodeManager| {
+            let state =
+                manager.endpoints().into_iter().find(|s| s.endpoint.addr == port_of_restarted);
+            state.is_some_and(|s| s.health.is_healthy())
+        };
+        restarts.shutdown();
+        drop(restarts);
+        let deadline = Instant::now() + interval * 6;
+        while healthy(&manager) {
+            assert!(Instant::now() < deadline, "two failed checks make it unhealthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The stopped node's socket closes once its tasks have ended.
+        let config = NodeConfig { rpc_timeout: TIMEOUT, ..NodeConfig::default() };
+        let restarted = loop {
+            match Node::start(port_of_restarted, config.clone(), Metrics::unregistered()).await {
+                Ok(node) => break node,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let back_at = Instant::now();
+        while !healthy(&manager) {
+            let waited = back_at.elapsed();
+            assert!(
+                waited < interval + Duration::from_millis(150),
+                "still unhealthy after {waited:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        running.abort();
+        restarted.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn least_loaded_spreads_joins_within_one_and_a_half_fair_shares() {
         let bootstraps =
             [start_bootstrap(50).await, start_bootstrap(50).await, start_bootstrap(50).await];
