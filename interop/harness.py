@@ -120,26 +120,24 @@ class Process:
 class DhtNode(Process):
     """A `dht-node bootstrap` or `dht-node worker` process on 127.0.0.1."""
 
-    def __init__(self, mode, bootstrap=(), k=None, label=None, extra=()):
+    def __init__(self, mode, bootstrap=(), k=None, extra=(), configure_by_env=False):
+        """`configure_by_env` passes the port and bootstrap list as DHT_PORT and BOOTSTRAP_NODES,
+        the way the Python workers of the replaced system were configured, instead of flags."""
         self.mode = mode
         self.port = free_udp_port()
         self.admin_port = free_tcp_port()
-        argv = [
-            dht_node_bin(),
-            mode,
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--admin-addr",
-            f"{HOST}:{self.admin_port}",
-        ]
-        if bootstrap:
-            argv += ["--bootstrap", ",".join(bootstrap)]
+        argv = [dht_node_bin(), mode, "--host", HOST, "--admin-addr", f"{HOST}:{self.admin_port}"]
+        env = {}
+        if configure_by_env:
+            env = {"DHT_PORT": str(self.port), "BOOTSTRAP_NODES": ",".join(bootstrap)}
+        else:
+            argv += ["--port", str(self.port)]
+            if bootstrap:
+                argv += ["--bootstrap", ",".join(bootstrap)]
         if k is not None:
             argv += ["--k", str(k)]
         argv += list(extra)
-        super().__init__(label or f"dht-node-{mode}-{self.port}", argv)
+        super().__init__(f"dht-node-{mode}-{self.port}", argv, env=env)
 
     @property
     def addr(self):

@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from harness import HOST, PythonNodes, free_udp_port, routing_table_addrs, run_async, run_cli
+from harness import HOST, PythonNodes, free_udp_port, parse_addr, routing_table_addrs, run_async, run_cli
 
 FIXED_NODE_ID = "4b61647363616c652d626f6f7473747261702d31"  # "Kadscale-bootstrap-1"
 
@@ -63,6 +63,23 @@ def test_dht_node_worker_joins_python_bootstrap_node(procs):
             )
 
     run_async(scenario(), timeout=40)
+
+
+def test_dht_node_worker_configured_like_a_python_worker_joins(procs):
+    """DHT_PORT and BOOTSTRAP_NODES (with a host name) mean what they meant to the Python workers."""
+
+    async def scenario():
+        async with PythonNodes() as nodes:
+            python_bootstrap = await nodes.start()
+            _, port = parse_addr(python_bootstrap.kadscale_addr)
+            worker = procs.dht_node("worker", bootstrap=[f"localhost:{port}"], configure_by_env=True)
+            await worker.wait_ready_async(timeout=15)
+            assert (HOST, worker.port) in routing_table_addrs(python_bootstrap), (
+                f"dht-node worker configured by DHT_PORT={worker.port} BOOTSTRAP_NODES=localhost:{port} "
+                f"is not in the Python node's table\n{worker.report()}"
+            )
+
+    run_async(scenario(), timeout=30)
 
 
 def test_dht_node_ping_reports_python_node_id():

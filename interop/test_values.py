@@ -169,3 +169,53 @@ def test_dht_node_get_waits_for_a_slow_python_peer():
             assert await client.get("held-by-a-slow-peer") == "late but there"
 
     run_async(scenario(), timeout=30)
+
+
+def test_dht_node_get_text_output_and_not_found_exit_code():
+    """`get --output text`: str raw, bytes hex, int decimal, float round-trip, bool true/false;
+    exit code 1 and nothing on stdout for a key nobody stored."""
+    expected = {f"text-{name}": value for name, value in VALUES.items()}
+
+    def parse_text(value, text):
+        if isinstance(value, bool):
+            return {"true": True, "false": False}.get(text)
+        if isinstance(value, bytes):
+            return bytes.fromhex(text)
+        return type(value)(text)
+
+    async def scenario():
+        async with PythonNodes() as nodes:
+            python = await nodes.start()
+            await nodes.start(bootstrap=[python.kadscale_addr])
+            stored = await asyncio.gather(*(python.set(key, value) for key, value in expected.items()))
+            assert all(stored)
+            answers = await gather_limited(
+                CLI_CONCURRENCY, [run_cli("get", "--bootstrap", python.kadscale_addr, "--", key) for key in expected]
+            )
+            failures = []
+            for (key, value), result in zip(expected.items(), answers):
+                text = result.stdout[:-1] if result.stdout.endswith("\n") else result.stdout
+                if result.returncode != 0 or not same_value(value, parse_text(value, text)):
+                    failures.append(f"{key}: {value!r} printed as {text!r}\n{result.describe()}")
+            assert not failures, "\n".join(failures)
+
+            missing = await run_cli("get", "--bootstrap", python.kadscale_addr, "--", "nobody-stored-this")
+            assert missing.returncode == 1 and missing.stdout == "", missing.describe()
+
+    run_async(scenario(), timeout=60)
+
+
+def test_dht_node_put_takes_negative_numbers_as_values():
+    """`dht-node put --bootstrap h:p KEY VALUE --type int` with VALUE = -5, as written in the contract
+    (no `--` needed): a negative number is a value, not an option."""
+
+    async def scenario():
+        async with PythonNodes() as nodes:
+            python = await nodes.start()
+            for value, kind in ((-5, "int"), (-0.25, "float")):
+                key = f"negative-{kind}"
+                put = await run_cli("put", "--bootstrap", python.kadscale_addr, key, str(value), "--type", kind)
+                assert put.returncode == 0, put.describe()
+                assert same_value(value, await python.get(key)), f"Python node holds {await python.get(key)!r}"
+
+    run_async(scenario(), timeout=30)
