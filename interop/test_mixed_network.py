@@ -4,7 +4,17 @@ node finds every value, whichever implementation stored it."""
 import asyncio
 import itertools
 
-from harness import Phases, PythonNodes, cli_get, cli_put, gather_limited, run_async, same_value
+from harness import (
+    Phases,
+    PythonNodes,
+    cli_get,
+    cli_put,
+    gather_limited,
+    parse_addr,
+    routing_table_addrs,
+    run_async,
+    same_value,
+)
 
 CLI_CONCURRENCY = 6
 # A handful of values stored from each side, every type once (test_values covers each type both ways).
@@ -55,6 +65,14 @@ async def check_every_node_finds_every_value(procs, phases, python_count, dht_no
         pythons, dht_nodes = await build_network(procs, nodes, phases, python_count, dht_node_count, python_ksize)
         phases.enter("stores")
         assert len(pythons) == python_count and len(dht_nodes) == dht_node_count
+        dht_node_addrs = {parse_addr(node.addr) for node in dht_nodes}
+        python_addrs = {parse_addr(python.kadscale_addr) for python in pythons}
+        unmixed = [
+            python.kadscale_addr
+            for python in pythons
+            if not (routing_table_addrs(python) & dht_node_addrs and routing_table_addrs(python) & python_addrs)
+        ]
+        assert not unmixed, f"Python nodes that do not know both kinds of peer: {unmixed}"
 
         expected = {}
         for index, (kind, value) in enumerate(PYTHON_VALUES):
