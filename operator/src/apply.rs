@@ -19,13 +19,22 @@ pub const FIELD_MANAGER: &str = "kadscale-operator";
 
 /// A request the API server refused or could not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("{verb} {kind} {name}: {source}")]
+#[error("{verb} {kind} {name}: {}", detail(source))]
 pub struct ApiError {
     pub verb: &'static str,
     pub kind: String,
     pub name: String,
     #[source]
     pub source: kube::Error,
+}
+
+/// The API server's own message for a refusal (kube's rendering adds the whole Status in
+/// Debug form, too long for a condition), else the client error.
+fn detail(source: &kube::Error) -> String {
+    match source {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
 }
 
 impl ApiError {
@@ -195,6 +204,6 @@ mod tests {
         assert_eq!(refused(409, "Conflict").degraded_reason(), None);
         assert_eq!(refused(500, "InternalError").degraded_reason(), None);
         let message = refused(403, "Forbidden").to_string();
-        assert!(message.starts_with("apply StatefulSet dht-bootstrap: "), "{message}");
+        assert_eq!(message, "apply StatefulSet dht-bootstrap: refused (Forbidden)");
     }
 }
