@@ -171,11 +171,15 @@ class Capture:
         )
 
     async def run(self):
-        a, b = self.servers["A"], self.servers["B"]
-        proto, own_id, b_addr = a.protocol, a.node.id, self.addr("B")
+        caller = self.servers["A"]
+        proto, own_id, b_addr = caller.protocol, caller.node.id, self.addr("B")
 
-        await self.exchange("stun", lambda: proto.stun(b_addr), "stun: no args, answer is the caller's [ip, port]")
-        await self.exchange("ping", lambda: proto.ping(b_addr, own_id), "ping [caller id]: answer is the callee's id")
+        await self.exchange(
+            "stun", lambda: proto.stun(b_addr), "stun: no args, answer is the caller's [ip, port]"
+        )
+        await self.exchange(
+            "ping", lambda: proto.ping(b_addr, own_id), "ping [caller id]: answer is the callee's id"
+        )
 
         lookup_key = digest("kadscale-fixture-lookup")
         await self.exchange(

@@ -294,8 +294,12 @@ async def run_cli(*args, timeout=30.0):
     except asyncio.TimeoutError:
         child.kill()
         stdout, stderr = await child.communicate()
-        return CliResult(argv, f"timeout after {timeout}s", stdout.decode(errors="replace"),
-                         stderr.decode(errors="replace"))
+        return CliResult(
+            argv,
+            f"timeout after {timeout}s",
+            stdout.decode(errors="replace"),
+            stderr.decode(errors="replace"),
+        )
     return CliResult(argv, child.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 
@@ -359,6 +363,7 @@ class Phases:
 
 def run_async(coro, timeout, phases=None):
     """Runs one test scenario on a fresh event loop, failing it after `timeout` seconds."""
+
     async def bounded():
         try:
             return await asyncio.wait_for(coro, timeout)

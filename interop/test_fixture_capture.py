@@ -41,9 +41,17 @@ def test_capture_reproduces_committed_fixtures(tmp_path):
     ports = [free_udp_port() for _ in capture_fixtures.NODE_NAMES]
     out = tmp_path / "python_datagrams.json"
     run = subprocess.run(
-        [sys.executable, str(INTEROP_DIR / "capture_fixtures.py"), "--out", str(out),
-         "--ports", ",".join(map(str, ports))],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            str(INTEROP_DIR / "capture_fixtures.py"),
+            "--out",
+            str(out),
+            "--ports",
+            ",".join(map(str, ports)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 0, f"capture_fixtures.py failed:\n{run.stdout}\n{run.stderr}"
 
@@ -56,7 +64,10 @@ def test_capture_reproduces_committed_fixtures(tmp_path):
     for new, old in zip(fresh, committed):
         new_kind, new_id, new_body = decode(new)
         old_kind, old_id, old_body = decode(old)
-        assert (new_kind, new_id) == (old_kind, old_id), f"{new['name']}: header differs from the committed one"
+        assert (new_kind, new_id) == (
+            old_kind,
+            old_id,
+        ), f"{new['name']}: header differs from the committed one"
         if new["hex"] != old["hex"]:
             # Only answers that carry addresses may differ, and only by the ports of this run.
             assert new_body == map_ports(old_body, port_map), f"{new['name']}: body differs beyond ports"
@@ -97,6 +108,8 @@ def test_find_node_fixture_holds_several_contacts_closest_first():
     for name, minimum in (("find_node_response", 4), ("find_node_full_response", 20)):
         _, _, contacts = entries[name]
         assert len(contacts) >= minimum, name
-        distances = [int.from_bytes(node_id, "big") ^ int.from_bytes(key, "big") for node_id, _, _ in contacts]
+        distances = [
+            int.from_bytes(node_id, "big") ^ int.from_bytes(key, "big") for node_id, _, _ in contacts
+        ]
         assert distances == sorted(distances), f"{name}: contacts not ordered by distance to the key"
         assert all(len(i) == 20 and ip == "127.0.0.1" and isinstance(port, int) for i, ip, port in contacts)

@@ -30,9 +30,9 @@ def test_python_server_bootstrap_returns_the_dht_node(procs):
         async with PythonNodes() as nodes:
             server = await nodes.start()
             found = await server.bootstrap([(HOST, bootstrap.port)])
-            assert [(n.id.hex(), n.ip, n.port) for n in found] == [(FIXED_NODE_ID, HOST, bootstrap.port)], (
-                f"bootstrap() of a Python node against a lone dht-node found {found}\n{bootstrap.report()}"
-            )
+            assert [(n.id.hex(), n.ip, n.port) for n in found] == [
+                (FIXED_NODE_ID, HOST, bootstrap.port)
+            ], f"bootstrap() of a Python node against a lone dht-node found {found}\n{bootstrap.report()}"
             assert (HOST, bootstrap.port) in routing_table_addrs(server)
 
     run_async(scenario(), timeout=30)
@@ -48,9 +48,9 @@ def test_dht_node_worker_joins_python_bootstrap_node(procs):
             started = time.monotonic()
 
             await worker.wait_ready_async(timeout=15)
-            assert (HOST, worker.port) in routing_table_addrs(python_bootstrap), (
-                f"the Python bootstrap node never saw dht-node worker {worker.addr}\n{worker.report()}"
-            )
+            assert (HOST, worker.port) in routing_table_addrs(
+                python_bootstrap
+            ), f"the Python bootstrap node never saw dht-node worker {worker.addr}\n{worker.report()}"
             status, body = await asyncio.to_thread(worker.admin_get, "/healthz")
             assert status == 200, f"/healthz answered {status} {body!r}\n{worker.report()}"
 

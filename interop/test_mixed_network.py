@@ -55,14 +55,20 @@ async def build_network(procs, nodes, phases, python_count, dht_node_count, pyth
 
     phases.enter("wave 2")
     python_entry = itertools.cycle([p.kadscale_addr for p in new_pythons] + [w.addr for w in workers])
-    pairs = itertools.cycle([[p.kadscale_addr, w.addr] for p, w in zip(new_pythons, itertools.cycle(workers))])
-    new_pythons, workers = await wave(python_count - len(pythons), dht_node_count - len(dht_nodes), python_entry, pairs)
+    pairs = itertools.cycle(
+        [[p.kadscale_addr, w.addr] for p, w in zip(new_pythons, itertools.cycle(workers))]
+    )
+    new_pythons, workers = await wave(
+        python_count - len(pythons), dht_node_count - len(dht_nodes), python_entry, pairs
+    )
     return pythons + new_pythons, dht_nodes + workers
 
 
 async def check_every_node_finds_every_value(procs, phases, python_count, dht_node_count, python_ksize):
     async with PythonNodes() as nodes:
-        pythons, dht_nodes = await build_network(procs, nodes, phases, python_count, dht_node_count, python_ksize)
+        pythons, dht_nodes = await build_network(
+            procs, nodes, phases, python_count, dht_node_count, python_ksize
+        )
         phases.enter("stores")
         assert len(pythons) == python_count and len(dht_nodes) == dht_node_count
         dht_node_addrs = {parse_addr(node.addr) for node in dht_nodes}
@@ -70,7 +76,9 @@ async def check_every_node_finds_every_value(procs, phases, python_count, dht_no
         unmixed = [
             python.kadscale_addr
             for python in pythons
-            if not (routing_table_addrs(python) & dht_node_addrs and routing_table_addrs(python) & python_addrs)
+            if not (
+                routing_table_addrs(python) & dht_node_addrs and routing_table_addrs(python) & python_addrs
+            )
         ]
         assert not unmixed, f"Python nodes that do not know both kinds of peer: {unmixed}"
 
@@ -78,7 +86,9 @@ async def check_every_node_finds_every_value(procs, phases, python_count, dht_no
         for index, (kind, value) in enumerate(PYTHON_VALUES):
             key = f"mixed-k{python_ksize}-py-{kind}"
             storer = pythons[(index * 7 + 3) % python_count]
-            assert await storer.set(key, value), f"Python set({key!r}) on {storer.kadscale_addr} stored nowhere"
+            assert await storer.set(
+                key, value
+            ), f"Python set({key!r}) on {storer.kadscale_addr} stored nowhere"
             expected[key] = value
         puts = {}
         for index, (kind, value) in enumerate(DHT_NODE_VALUES):
@@ -102,7 +112,9 @@ async def check_every_node_finds_every_value(procs, phases, python_count, dht_no
 
         phases.enter("dht-node gets")
         cli_lookups = [(node, key) for node in dht_nodes for key in expected]
-        cli_found = await gather_limited(CLI_CONCURRENCY, [cli_get(node.addr, key) for node, key in cli_lookups])
+        cli_found = await gather_limited(
+            CLI_CONCURRENCY, [cli_get(node.addr, key) for node, key in cli_lookups]
+        )
         failures += [
             f"dht-node get via {node.label} {key!r} -> {found!r}, expected {expected[key]!r}\n  {result.describe()}"
             for (node, key), (found, result) in zip(cli_lookups, cli_found)

@@ -57,7 +57,10 @@ async def dht_node_get_failures(nodes, expected):
     answers = await gather_limited(CLI_CONCURRENCY, [cli_get(addr, key) for _, addr, key in lookups])
     failures = []
     for (label, _, key), (value, result) in zip(lookups, answers):
-        failures += [f"get via {label}: {line}" for line in mismatches({key: expected[key]}, {key: (value, result.describe())})]
+        failures += [
+            f"get via {label}: {line}"
+            for line in mismatches({key: expected[key]}, {key: (value, result.describe())})
+        ]
     return failures
 
 
@@ -102,7 +105,9 @@ def test_values_put_by_dht_node_are_found_by_python(procs):
             for node in (bootstrap, worker):
                 direct = {}
                 for key in expected:
-                    ok, answer = await python.protocol.find_value((HOST, node.port), python.node.id, digest(key))
+                    ok, answer = await python.protocol.find_value(
+                        (HOST, node.port), python.node.id, digest(key)
+                    )
                     value = answer.get("value") if ok and isinstance(answer, dict) else None
                     direct[key] = (value, f"find_value answer of {node.label}: ok={ok} {answer!r}")
                 failures = mismatches(expected, direct)
@@ -125,7 +130,9 @@ def test_values_set_by_python_on_a_dht_node_network_are_found_by_dht_node(procs)
         async with PythonNodes() as nodes:
             python = await nodes.start(bootstrap=[worker.addr])
             stored = await asyncio.gather(*(python.set(key, value) for key, value in expected.items()))
-            assert all(stored), f"Python set() stored nowhere: {dict(zip(expected, stored))}\n{worker.report()}"
+            assert all(
+                stored
+            ), f"Python set() stored nowhere: {dict(zip(expected, stored))}\n{worker.report()}"
             failures = await dht_node_get_failures([(n.label, n.addr) for n in (bootstrap, worker)], expected)
             assert not failures, "\n".join(failures)
 
@@ -158,11 +165,12 @@ def test_dht_node_get_waits_for_a_slow_python_peer():
             slow = await nodes.start(bootstrap=[entry.kadscale_addr], server_class=SlowFindValueServer)
             slow.storage[digest("held-by-a-slow-peer")] = "late but there"
 
-            result = await run_cli("get", "--bootstrap", entry.kadscale_addr, "--output", "json", "--",
-                                   "held-by-a-slow-peer")
-            assert result.returncode == 0, (
-                f"dht-node gave up on a peer answering after {SLOW_ANSWER_SECS}s:\n{result.describe()}"
+            result = await run_cli(
+                "get", "--bootstrap", entry.kadscale_addr, "--output", "json", "--", "held-by-a-slow-peer"
             )
+            assert (
+                result.returncode == 0
+            ), f"dht-node gave up on a peer answering after {SLOW_ANSWER_SECS}s:\n{result.describe()}"
             assert value_from_cli_json(result.stdout) == "late but there", result.describe()
 
             # The same lookup from a Python client, as the reference behaviour.
@@ -192,7 +200,8 @@ def test_dht_node_get_text_output_and_not_found_exit_code():
             stored = await asyncio.gather(*(python.set(key, value) for key, value in expected.items()))
             assert all(stored)
             answers = await gather_limited(
-                CLI_CONCURRENCY, [run_cli("get", "--bootstrap", python.kadscale_addr, "--", key) for key in expected]
+                CLI_CONCURRENCY,
+                [run_cli("get", "--bootstrap", python.kadscale_addr, "--", key) for key in expected],
             )
             failures = []
             for (key, value), result in zip(expected.items(), answers):
@@ -216,8 +225,12 @@ def test_dht_node_put_takes_negative_numbers_as_values():
             python = await nodes.start()
             for value, kind in ((-5, "int"), (-0.25, "float")):
                 key = f"negative-{kind}"
-                put = await run_cli("put", "--bootstrap", python.kadscale_addr, key, str(value), "--type", kind)
+                put = await run_cli(
+                    "put", "--bootstrap", python.kadscale_addr, key, str(value), "--type", kind
+                )
                 assert put.returncode == 0, put.describe()
-                assert same_value(value, await python.get(key)), f"Python node holds {await python.get(key)!r}"
+                assert same_value(
+                    value, await python.get(key)
+                ), f"Python node holds {await python.get(key)!r}"
 
     run_async(scenario(), timeout=30)
