@@ -346,7 +346,9 @@ async fn run_node(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let listen = SocketAddr::new(options.host, port);
-    let node = Node::start(listen, options.config(), metrics).await?;
+    let mut config = options.config();
+    config.node_id = config.node_id.or(bootstrap.node_id()?);
+    let node = Node::start(listen, config, metrics).await?;
     let manager = Arc::new(manage_node(&node, bootstrap, role == Role::Bootstrap, &mut registry)?);
     let stop = tokio_util::sync::CancellationToken::new();
 

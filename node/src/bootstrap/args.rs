@@ -9,10 +9,11 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::discovery::DiscoveryConfig;
-use super::endpoint::{EndpointList, HostPort};
+use super::endpoint::{pod_ordinal, EndpointList, HostPort};
 use super::load::LoadTracker;
 use super::manager::ManagerConfig;
 use super::selection::SelectionStrategy;
+use crate::id::{key_digest, NodeId};
 
 #[derive(Clone, Debug, Args)]
 pub struct BootstrapArgs {
@@ -74,6 +75,40 @@ pub struct BootstrapArgs {
     /// Do not query bootstrap nodes for their load; least_loaded counts own joins only.
     #[arg(long)]
     pub no_load_balancing: bool,
+
+    /// Derive a stable node id, sha1(SEED + "/" + ORDINAL), for StatefulSet pods (the
+    /// operator passes the DhtCluster's uid); --node-id, when given, wins.
+    #[arg(long, env = "DHT_NODE_ID_SEED", value_name = "SEED")]
+    pub node_id_seed: Option<String>,
+
+    /// The ORDINAL for --node-id-seed; by default the digits after the last '-' of the host
+    /// name ($HOSTNAME, as a StatefulSet pod's NAME-bootstrap-3).
+    #[arg(long, value_name = "N", requires = "node_id_seed")]
+    pub ordinal: Option<u32>,
+}
+
+/// Why no stable node id could be derived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--node-id-seed needs --ordinal or a host name ending in -N, as a StatefulSet pod's; host name is {hostname:?}"
+)]
+pub struct NoOrdinal {
+    pub hostname: String,
+}
+
+/// The id of the pod with `ordinal` in the set named by `seed`: sha1(utf8(SEED/ORDINAL)).
+pub fn stable_node_id(seed: &str, ordinal: u32) -> NodeId {
+    key_digest(format!("{seed}/{ordinal}").as_bytes())
+}
+
+/// The host name as a pod sees it: `$HOSTNAME`, else the kernel's.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The longest interval or timeout a flag accepts: a day.
@@ -114,6 +149,20 @@ impl BootstrapArgs {
             load_balancing: !self.no_load_balancing,
             load_balance_interval: self.load_balance_interval,
         }
+    }
+
+    /// The node id from `--node-id-seed`, `None` without it.
+    pub fn node_id(&self) -> Result<Option<NodeId>, NoOrdinal> {
+        self.node_id_for_host(&hostname())
+    }
+
+    fn node_id_for_host(&self, hostname: &str) -> Result<Option<NodeId>, NoOrdinal> {
+        let Some(seed) = &self.node_id_seed else { return Ok(None) };
+        let ordinal = self
+            .ordinal
+            .or_else(|| pod_ordinal(hostname))
+            .ok_or_else(|| NoOrdinal { hostname: hostname.to_string() })?;
+        Ok(Some(stable_node_id(seed, ordinal)))
     }
 
     /// The counter a bootstrap node answers `kadscale_load` from.
@@ -202,6 +251,24 @@ mod tests {
         };
         assert_eq!(args.manager_config(), expected);
         assert_eq!(args.max_connections_per_node, 80);
+    }
+
+    #[test]
+    fn stable_node_ids_from_the_seed_and_the_pod_ordinal() {
+        let args = parse(&["--node-id-seed", "0b7e-uid"]).unwrap();
+        let expected = key_digest(b"0b7e-uid/3");
+        assert_eq!(args.node_id_for_host("kad-bootstrap-3"), Ok(Some(expected)));
+        assert_eq!(
+            args.node_id_for_host("kad-bootstrap-3.kad-bootstrap.ns.svc"),
+            Ok(Some(expected))
+        );
+        assert_ne!(args.node_id_for_host("kad-bootstrap-4"), Ok(Some(expected)));
+        let error = args.node_id_for_host("laptop").unwrap_err();
+        assert!(error.to_string().contains("\"laptop\""), "{error}");
+        let given = parse(&["--node-id-seed", "0b7e-uid", "--ordinal", "3"]).unwrap();
+        assert_eq!(given.node_id_for_host("laptop"), Ok(Some(expected)));
+        assert_eq!(parse(&[]).unwrap().node_id_for_host("kad-bootstrap-3"), Ok(None));
+        assert!(parse(&["--ordinal", "3"]).is_err(), "--ordinal needs --node-id-seed");
     }
 
     #[test]

@@ -110,13 +110,19 @@ impl HostPort {
         if self.host.parse::<IpAddr>().is_ok() {
             return None;
         }
-        let first_label = self.host.split('.').next()?;
-        let (_, digits) = first_label.rsplit_once('-')?;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok()
+        pod_ordinal(&self.host)
     }
+}
+
+/// The StatefulSet ordinal in a pod's host name: the digits after the last `-` of its first
+/// DNS label (`kad-bootstrap-3.kad-bootstrap.ns.svc` → 3).
+pub fn pod_ordinal(host: &str) -> Option<u32> {
+    let first_label = host.split('.').next()?;
+    let (_, digits) = first_label.rsplit_once('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Where an endpoint came from.
