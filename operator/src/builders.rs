@@ -224,10 +224,7 @@ pub fn bootstrap_statefulset(
             service_name: Some(id.bootstrap_name()),
             // Bootstrap pods do not depend on each other's start order; grow the tier at once.
             pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(id.selector_labels(component)),
-                ..LabelSelector::default()
-            },
+            selector: match_labels(id.selector_labels(component)),
             template: pod_template(id, settings, Role::Bootstrap, &settings.bootstrap_pod),
             ..StatefulSetSpec::default()
         }),
@@ -242,10 +239,7 @@ pub fn bootstrap_pdb(id: &ClusterIdentity) -> PodDisruptionBudget {
         metadata: id.meta(id.bootstrap_name(), component),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(id.selector_labels(component)),
-                ..LabelSelector::default()
-            }),
+            selector: Some(match_labels(id.selector_labels(component))),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
@@ -260,10 +254,7 @@ pub fn worker_deployment(id: &ClusterIdentity, settings: &Settings, replicas: u3
         metadata: id.meta(id.worker_name(), component),
         spec: Some(DeploymentSpec {
             replicas: Some(crate::plan::saturating_i32(replicas)),
-            selector: LabelSelector {
-                match_labels: Some(id.selector_labels(component)),
-                ..LabelSelector::default()
-            },
+            selector: match_labels(id.selector_labels(component)),
             template: pod_template(id, settings, Role::Worker, &settings.worker_pod),
             ..DeploymentSpec::default()
         }),
@@ -279,10 +270,7 @@ pub fn network_policy(id: &ClusterIdentity, settings: &Settings) -> Option<Netwo
         return None;
     }
     let mut in_cluster = vec![NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(id.instance_labels()),
-            ..LabelSelector::default()
-        }),
+        pod_selector: Some(match_labels(id.instance_labels())),
         ..NetworkPolicyPeer::default()
     }];
     if !spec.allowed_namespaces.is_empty() {
@@ -310,10 +298,7 @@ pub fn network_policy(id: &ClusterIdentity, settings: &Settings) -> Option<Netwo
     Some(NetworkPolicy {
         metadata: id.meta(id.name.clone(), "network-policy"),
         spec: Some(K8sNetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(id.instance_labels()),
-                ..LabelSelector::default()
-            }),
+            pod_selector: Some(match_labels(id.instance_labels())),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
@@ -484,6 +469,10 @@ pub fn pod_template(
             ..PodSpec::default()
         }),
     }
+}
+
+fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector { match_labels: Some(labels), ..LabelSelector::default() }
 }
 
 fn runtime_default_seccomp() -> SeccompProfile {
