@@ -409,7 +409,8 @@ async fn operator_restarted_mid_scale_converges_without_duplicates() -> Result<(
 
 /// Two operator processes: only the Lease holder writes. With the holder frozen (SIGSTOP) the
 /// standby changes nothing, though a scale waits, until the Lease expires; then it takes over
-/// and does the scale; the thawed former holder does not take the Lease back.
+/// and does the scale; the thawed first holder does not take the Lease back, and gets it (well
+/// before an expiry) when the second holder stops cleanly (SIGTERM).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_writes() -> Result<()> {
     let Some(scenario) = Scenario::start("two-operators").await? else { return Ok(()) };
@@ -417,10 +418,10 @@ async fn only_the_lease_holder_writes() -> Result<()> {
         vec![scenario.operator("operator-a").await?, scenario.operator("operator-b").await?];
     let holder =
         scenario.wait_for_lease_holder(&["operator-a", "operator-b"], LEASE_TIMEOUT).await?;
-    let leader_index =
+    let first_index =
         operators.iter().position(|operator| operator.identity == holder).expect("holder is ours");
-    let standby = operators.remove(1 - leader_index);
-    let leader = operators.remove(0);
+    let standby = operators.remove(1 - first_index);
+    let first_holder = operators.remove(0);
 
     let dht = Dht::create(
         &scenario.client,
@@ -430,13 +431,13 @@ async fn only_the_lease_holder_writes() -> Result<()> {
     )
     .await?;
     let settled = dht.wait_settled(SMALL_10, SETTLE_TIMEOUT).await?;
-    assert_eq!(scenario.lease_holder().await?.as_deref(), Some(leader.identity.as_str()));
+    assert_eq!(scenario.lease_holder().await?.as_deref(), Some(first_holder.identity.as_str()));
     let (standby_alive, _) = standby.admin_get("/healthz").await?;
     assert_eq!(standby_alive, 200, "the standby is alive");
-    assert!(leader.reconciles().await? > 0.0, "the holder reconciled");
+    assert!(first_holder.reconciles().await? > 0.0, "the holder reconciled");
     assert_eq!(standby.reconciles().await?, 0.0, "the standby must not reconcile");
 
-    leader.signal("STOP").await?;
+    first_holder.signal("STOP").await?;
     let lease = scenario.lease().await?.and_then(|lease| lease.spec).context("the Lease")?;
     let duration = Duration::from_secs(
         lease.lease_duration_seconds.context("leaseDurationSeconds")?.try_into()?,
@@ -454,7 +455,7 @@ async fn only_the_lease_holder_writes() -> Result<()> {
                 && observed == generation_before,
             "the standby wrote while {} held the Lease: StatefulSet {}, Deployment {}, \
              observedGeneration {observed:?} (was {generation_before:?}); holder {:?}",
-            leader.identity,
+            first_holder.identity,
             seen.bootstrap_replicas(),
             seen.worker_replicas(),
             scenario.lease_holder().await?
@@ -465,7 +466,7 @@ async fn only_the_lease_holder_writes() -> Result<()> {
     scenario.wait_for_lease_holder(&[standby.identity.as_str()], LEASE_TIMEOUT).await?;
     dht.wait_settled(MEDIUM_30, SETTLE_TIMEOUT).await?;
 
-    leader.signal("CONT").await?;
+    first_holder.signal("CONT").await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         scenario.lease_holder().await?.as_deref(),
@@ -480,6 +481,17 @@ async fn only_the_lease_holder_writes() -> Result<()> {
         other => Err(format!("Deployment replicas {other}")),
     })
     .await?;
+
+    // A clean stop (SIGTERM) releases the Lease: the other replica takes it well before it
+    // would have expired.
+    let handed_over = Instant::now();
+    standby.terminate(Duration::from_secs(10)).await?;
+    scenario.wait_for_lease_holder(&[first_holder.identity.as_str()], LEASE_TIMEOUT).await?;
+    ensure!(
+        handed_over.elapsed() < duration,
+        "the Lease took {:?} to change hands after SIGTERM, as long as an expiry ({duration:?})",
+        handed_over.elapsed()
+    );
     Ok(())
 }
 
