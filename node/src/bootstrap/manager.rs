@@ -101,6 +101,9 @@ impl Default for ManagerConfig {
     }
 }
 
+/// The longest a starting node waits for load reports before its first least_loaded join.
+pub const STARTUP_LOAD_WAIT: Duration = Duration::from_secs(1);
+
 /// How often a joined node checks that its routing table still holds peers.
 pub const REJOIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -437,11 +440,17 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
 
     /// Asks every endpoint for its load once; peers that do not answer keep their last report.
     pub async fn refresh_load(&self) {
+        self.refresh_load_within(self.config.connection_timeout).await;
+    }
+
+    /// [`BootstrapManager::refresh_load`], waiting at most `timeout` for the answers.
+    async fn refresh_load_within(&self, timeout: Duration) {
         let targets = self.lock_pool().probe_targets();
-        let timeout = self.config.connection_timeout;
         let answers = self
-            .fan_out(&targets, move |prober, addr| async move { prober.load(addr, timeout).await });
-        let answers = answers.await;
+            .fan_out(&targets, timeout, move |prober, addr| async move {
+                prober.load(addr, timeout).await
+            })
+            .await;
         let mut pool = self.lock_pool();
         for (addr, answer) in answers {
             let (Some(Some(report)), Some(state)) = (answer, pool.entry_mut(addr)) else {
@@ -453,11 +462,12 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         pool.sync_candidates();
     }
 
-    /// Runs `probe` on every address at once, each limited to the connection timeout; the
-    /// answers come back in the order of `addrs`, `None` where the timeout struck.
+    /// Runs `probe` on every address at once, each limited to `timeout`; the answers come
+    /// back in the order of `addrs`, `None` where the timeout struck.
     async fn fan_out<T, F, Fut>(
         &self,
         addrs: &[SocketAddr],
+        timeout: Duration,
         probe: F,
     ) -> Vec<(SocketAddr, Option<T>)>
     where
@@ -467,10 +477,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
     {
         let mut tasks = JoinSet::new();
         for (index, &addr) in addrs.iter().enumerate() {
-            let probe = tokio::time::timeout(
-                self.config.connection_timeout,
-                probe(self.prober.clone(), addr),
-            );
+            let probe = tokio::time::timeout(timeout, probe(self.prober.clone(), addr));
             tasks.spawn(async move { (index, probe.await.ok()) });
         }
         let mut answers: Vec<Option<T>> = addrs.iter().map(|_| None).collect();
@@ -488,8 +495,10 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         addrs: &[SocketAddr],
     ) -> Vec<(SocketAddr, Result<Duration, ProbeError>)> {
         let timeout = self.config.connection_timeout;
-        let answers = self
-            .fan_out(addrs, move |prober, addr| async move { prober.ping(addr, timeout).await })
+        let answers =
+            self.fan_out(addrs, timeout, move |prober, addr| async move {
+                prober.ping(addr, timeout).await
+            })
             .await;
         let pings: Vec<_> = answers
             .into_iter()
@@ -643,8 +652,10 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
     pub async fn run(&self) {
         self.refresh_endpoints().await;
         if self.config.load_balancing && self.config.strategy == SelectionStrategy::LeastLoaded {
-            // A worker joins once: its first choice must already see the reported loads.
-            self.refresh_load().await;
+            // A worker joins once: its first choice must already see the reported loads. Python
+            // peers never answer, so the wait is short: kadscale peers answer in a round trip.
+            let wait = self.config.connection_timeout.min(STARTUP_LOAD_WAIT);
+            self.refresh_load_within(wait).await;
         }
         tokio::join!(self.health_loop(), self.load_loop(), self.join_loop());
     }
@@ -1144,6 +1155,36 @@ mod tests {
             0,
             "a fresh report replaces own counting"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_least_loaded_join_sees_the_loads_without_waiting_out_silent_peers() {
+        let net = FakeNet::with_peers(&SIX[..3]);
+        net.update(SIX[0], |peer| peer.load = Some(report(20, false)));
+        net.update(SIX[1], |peer| peer.load = Some(report(5, false)));
+        // SIX[2] is a Python node: it answers pings, never kadscale_load.
+        let config = ManagerConfig {
+            strategy: SelectionStrategy::LeastLoaded,
+            seeds_per_join: 2,
+            ..ManagerConfig::default()
+        };
+        let (manager, _registry) = manager(&net, &SIX[..3], config);
+        let started = Instant::now();
+        let running = tokio::spawn({
+            let manager = manager.clone();
+            async move { manager.run().await }
+        });
+        let mut joined = manager.subscribe_joined();
+        joined.wait_for(|joined| *joined).await.unwrap();
+        assert!(
+            started.elapsed() < STARTUP_LOAD_WAIT + Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut seeds = net.joins()[0].clone();
+        seeds.sort();
+        assert_eq!(seeds, addrs(&[SIX[1], SIX[2]]), "the busiest reporter is left out");
+        running.abort();
     }
 
     #[tokio::test(start_paused = true)]
