@@ -623,7 +623,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
             let outcome = result.outcome.name();
             // Loud for the fast retries and once when they run out; then quiet, because a
             // lone bootstrap node waiting for peers retries like this for as long as it runs.
-            if attempt < backoff.max_retries {
+            if !backoff.exhausted(attempt) {
                 tracing::warn!(outcome, attempt, ?delay, "join attempt failed");
             } else if attempt == backoff.max_retries {
                 let retry_every = backoff.base_delay(attempt);

@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum SelectionStrategy {
@@ -88,15 +88,9 @@ pub struct Selector<R = SmallRng> {
     rng: R,
 }
 
-impl Selector<SmallRng> {
-    /// A selector seeded from the OS; the cursor starts at a random place so that many workers
-    /// starting together do not all begin with the same endpoint.
-    pub fn from_entropy(strategy: SelectionStrategy) -> Self {
-        Selector::new(strategy, SmallRng::from_os_rng())
-    }
-}
-
 impl<R: Rng> Selector<R> {
+    /// The round-robin cursor starts at a random place, so that many workers starting
+    /// together do not all begin with the same endpoint.
     pub fn new(strategy: SelectionStrategy, mut rng: R) -> Self {
         let cursor = rng.random::<u32>() as usize;
         Selector { strategy, cursor, rng }
@@ -169,6 +163,8 @@ fn partial_sort_by_key<K: Ord>(items: &mut [usize], count: usize, key: impl Fn(u
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use rand::SeedableRng;
 
     use super::*;
     use crate::bootstrap::backoff::tests::FixedRng;
