@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ pub struct Transport {
     pending: Mutex<HashMap<MessageId, PendingCall>>,
     max_outstanding: usize,
     metrics: Metrics,
+    /// Set when the receive loop ended: no answer can arrive any more.
+    closed: AtomicBool,
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare equal to their IPv4 form.
@@ -83,7 +86,13 @@ impl Transport {
         metrics: Metrics,
     ) -> io::Result<Transport> {
         let socket = UdpSocket::bind(addr).await?;
-        Ok(Transport { socket, pending: Mutex::new(HashMap::new()), max_outstanding, metrics })
+        Ok(Transport {
+            socket,
+            pending: Mutex::new(HashMap::new()),
+            max_outstanding,
+            metrics,
+            closed: AtomicBool::new(false),
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -139,6 +148,11 @@ impl Transport {
         let (reply, answer) = oneshot::channel();
         {
             let mut pending = self.pending();
+            // Checked under the lock that `serve` clears the map with: a call either sees the
+            // flag or has its entry cleared (and its reply channel dropped).
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(RpcError::Closed);
+            }
             if pending.len() >= self.max_outstanding {
                 return Err(RpcError::TooManyCalls { max: self.max_outstanding });
             }
@@ -170,8 +184,10 @@ impl Transport {
                 Err(error) => tracing::debug!(%error, "receiving a datagram failed"),
             }
         }
-        // Wake every caller still waiting: their calls cannot be answered any more.
-        self.pending().clear();
+        // Wake every caller still waiting, and refuse new calls: nothing can answer them.
+        let mut pending = self.pending();
+        self.closed.store(true, Ordering::SeqCst);
+        pending.clear();
     }
 
     async fn dispatch(&self, datagram: &[u8], from: SocketAddr, handler: &dyn RequestHandler) {

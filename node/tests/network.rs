@@ -197,3 +197,22 @@ fn lookup_count(node: &Node) -> u64 {
         })
         .sum()
 }
+
+#[tokio::test]
+async fn calls_fail_fast_after_shutdown() {
+    let node = start().await;
+    let silent = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+    let pending = {
+        let node = node.clone();
+        let addr = silent.local_addr().unwrap();
+        tokio::spawn(async move { node.ping(addr, Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    node.shutdown();
+    let started = std::time::Instant::now();
+    let waiting = pending.await.unwrap();
+    assert!(matches!(waiting, Err(kadscale_node::transport::RpcError::Closed)), "{waiting:?}");
+    let later = node.ping(silent.local_addr().unwrap(), Duration::from_secs(30)).await;
+    assert!(matches!(later, Err(kadscale_node::transport::RpcError::Closed)), "{later:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
