@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts that source it
 # Shared by build.sh, up.sh and down.sh (sourced, not run): versions, cache and run paths, ports.
 # Every value can be overridden from the environment.
 
@@ -59,41 +60,51 @@ KWOK_PODS_PER_NODE="${KADSCALE_KWOK_PODS_PER_NODE:-300}"
 
 SERVICE_CIDR="10.96.0.0/16"
 
-# Components in start order; down stops them in reverse.
+# Components in start order.
 LOCAL_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 # Prints the pid of a component started by up.sh if that process is still the same binary
-# (a recycled pid belonging to something else is never signalled).
+# (a recycled pid belonging to something else is never signalled). A binary that build.sh has
+# replaced since the process started shows up as "PATH (deleted)".
 recorded_pid() {
-  local name="$1" pid_file="$PID_DIR/$1.pid" pid exe
+  local name="$1" pid_file="$PID_DIR/$1.pid" pid exe binary
   [[ -f "$pid_file" ]] || return 1
   pid="$(cat "$pid_file")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
-  [[ "$exe" == "$(readlink -f "$(controlplane_binary_path "$name")")" ]] || return 1
+  binary="$(readlink -f "$(controlplane_binary_path "$name")")"
+  [[ "$exe" == "$binary" || "$exe" == "$binary (deleted)" ]] || return 1
   echo "$pid"
 }
 
-# Stops every recorded component (TERM, then KILL after 5 seconds) and removes the state
-# directory; logs stay in $LOG_DIR until the next start. kube-apiserver on SIGTERM waits up to a
-# minute for its own loopback connections to drain; its state is being discarded, so it is not
-# worth waiting for.
-stop_local_cluster() {
-  local index name pid waited
-  for ((index = ${#LOCAL_COMPONENTS[@]} - 1; index >= 0; index--)); do
-    name="${LOCAL_COMPONENTS[index]}"
+# stop_components NAME...: SIGTERM to each running one at once, SIGKILL to any still running
+# 5 seconds later. kube-apiserver on SIGTERM stops listening at once but then waits up to a
+# minute for its loopback connections to drain; its state is being discarded, so no need to wait.
+stop_components() {
+  local name pid pids=() running=() waited
+  for name in "$@"; do
     pid="$(recorded_pid "$name")" || continue
     echo "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((waited = 0; waited < 50; waited++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "$name did not exit within 5s of SIGTERM; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
+    pids+=("$pid")
   done
+  for ((waited = 0; waited < 50; waited++)); do
+    running=()
+    for pid in "${pids[@]}"; do
+      if kill -0 "$pid" 2>/dev/null; then running+=("$pid"); fi
+    done
+    ((${#running[@]} > 0)) || return 0
+    sleep 0.1
+  done
+  echo "sending SIGKILL to pids ${running[*]}, still running 5 s after SIGTERM"
+  kill -KILL "${running[@]}" 2>/dev/null || true
+}
+
+# Stops the local cluster (etcd last, so the others never lose their store while running) and
+# removes the state directory; logs stay in $LOG_DIR until the next start.
+stop_local_cluster() {
+  stop_components kwok kube-scheduler kube-controller-manager kube-apiserver
+  stop_components etcd
   rm -rf "$STATE_DIR" "$KUBECONFIG_PATH" "$ENV_FILE"
 }
 

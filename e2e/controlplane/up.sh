@@ -86,7 +86,8 @@ wait_until() {
   shift 3
   deadline=$((SECONDS + timeout))
   until "$@" >/dev/null 2>&1; do
-    if ! recorded_pid "$component" >/dev/null; then
+    # Only liveness here: right after the fork /proc/PID/exe may still be setsid, not the binary.
+    if ! kill -0 "$(cat "$PID_DIR/$component.pid")" 2>/dev/null; then
       tail -n 25 "$LOG_DIR/$component.log" >&2 || true
       fail "$component exited while waiting for $description (log: $LOG_DIR/$component.log)"
     fi
@@ -285,10 +286,12 @@ print_summary() {
   [[ "$1" == kind ]] || echo "  logs: $LOG_DIR"
 }
 
+# Healthy: every component runs the binary currently in the cache and the API server is ready.
 local_cluster_healthy() {
-  local name
+  local name pid
   for name in "${LOCAL_COMPONENTS[@]}"; do
-    recorded_pid "$name" >/dev/null || return 1
+    pid="$(recorded_pid "$name")" || return 1
+    [[ "$(readlink "/proc/$pid/exe")" != *" (deleted)" ]] || return 1
   done
   admin_kubectl get --raw /readyz >/dev/null 2>&1
 }
