@@ -340,8 +340,8 @@ up_kind() {
   fi
   "$CONTROLPLANE_DIR/build.sh" helm
   if ! kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER_NAME"; then
-    kind create cluster --name "$KIND_CLUSTER_NAME" --image "$KIND_NODE_IMAGE" --wait 180s \
-      --kubeconfig "$KUBECONFIG_PATH"
+    kind create cluster --name "$KIND_CLUSTER_NAME" --image "$KIND_NODE_IMAGE" --wait 300s \
+      --config "$CONTROLPLANE_DIR/kind-config.yaml" --kubeconfig "$KUBECONFIG_PATH"
   else
     kind export kubeconfig --name "$KIND_CLUSTER_NAME" --kubeconfig "$KUBECONFIG_PATH"
   fi
