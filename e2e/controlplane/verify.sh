@@ -2,7 +2,7 @@
 # Checks that the cluster from up.sh does what the e2e suite relies on: /version is stamped,
 # Deployment and StatefulSet pods turn Ready under kwok (StatefulSet pods one after another),
 # a ServiceAccount token from TokenRequest authenticates and is held to RBAC, and a custom
-# resource's scale subresource works. Exits non-zero naming the first check that failed.
+# resource's scale subresource works, helm installs a chart. Exits non-zero naming the first check that failed.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -157,6 +157,23 @@ EOF
   pass "CRD scale subresource: kubectl scale --replicas 7 reads back 7; schema refuses -1"
 }
 
+# helm (from build.sh) installs into this cluster and renders for the stamped Kubernetes minor.
+check_helm() {
+  local chart="$STATE_DIR/verify-chart" rendered
+  mkdir -p "$chart/templates"
+  printf 'apiVersion: v2\nname: verify\nversion: 0.1.0\n' >"$chart/Chart.yaml"
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: verify\ndata:\n  kube: "{{ .Capabilities.KubeVersion.Version }}"\n' \
+    >"$chart/templates/configmap.yaml"
+  "$LINK_DIR/helm" --kubeconfig "$KUBECONFIG_PATH" install verify "$chart" -n "$NAMESPACE" --wait --timeout 60s >/dev/null ||
+    fail "helm install of a one-ConfigMap chart failed"
+  rendered="$(admin_kubectl -n "$NAMESPACE" get configmap verify -o jsonpath='{.data.kube}')"
+  [[ "$rendered" == "$KUBERNETES_VERSION" ]] || fail "helm install rendered KubeVersion '$rendered', expected $KUBERNETES_VERSION"
+  local minor="${KUBERNETES_VERSION#v1.}"
+  rendered="$("$LINK_DIR/helm" template "$chart" | sed -n 's/.*kube: "\(.*\)"/\1/p')"
+  [[ "$rendered" == "v1.${minor%%.*}.0" ]] || fail "helm template assumes Kubernetes '$rendered', expected v1.${minor%%.*}.0"
+  pass "helm install against the cluster sees $KUBERNETES_VERSION; helm template assumes $rendered"
+}
+
 main() {
   [[ -f "$KUBECONFIG_PATH" ]] || fail "no kubeconfig at $KUBECONFIG_PATH; run \`just cluster-up\` first"
   trap cleanup EXIT
@@ -171,6 +188,7 @@ main() {
   check_statefulset
   check_service_account_token
   check_scale_subresource
+  check_helm
   echo "verify: all checks passed"
 }
 
