@@ -32,13 +32,11 @@ interop-venv:
 capture-fixtures: interop-venv
     .venv/bin/python interop/capture_fixtures.py
 
-# Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm from Go
-# modules into ~/.cache/kadscale/bin (once per version; a cold build takes a long while).
+# Build (or reuse from ~/.cache/kadscale/bin) etcd, kube-*, kwok and helm from Go modules.
 controlplane:
     e2e/controlplane/build.sh
 
-# Start a test cluster on 127.0.0.1 (kwok nodes), or `just cluster-up kind` where Docker runs.
-# Writes the admin kubeconfig to e2e/.run/kubeconfig.
+# Start the test cluster on 127.0.0.1 with kwok nodes (or `kind`); kubeconfig: e2e/.run/kubeconfig.
 cluster-up mode="local":
     e2e/controlplane/up.sh {{mode}}
 
