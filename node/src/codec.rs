@@ -335,18 +335,6 @@ pub fn value_from_msgpack(value: &Msgpack) -> Result<Value, String> {
     }
 }
 
-/// The msgpack form of a stored value.
-pub fn value_to_msgpack(value: &Value) -> Msgpack {
-    match value {
-        Value::Int(n) => Msgpack::from(*n),
-        Value::UInt(n) => Msgpack::from(*n),
-        Value::Float(f) => Msgpack::F64(*f),
-        Value::Bool(b) => Msgpack::Boolean(*b),
-        Value::Str(text) => Msgpack::from(text.as_str()),
-        Value::Bytes(bytes) => Msgpack::Binary(bytes.clone()),
-    }
-}
-
 /// Reads a `ping` answer: the peer's id.
 pub fn ping_answer(body: &Msgpack) -> Result<NodeId, DecodeError> {
     id_from_msgpack(body).map_err(|reason| DecodeError::field("ping answer", reason))

@@ -136,10 +136,6 @@ impl Node {
         self.inner.local_addr
     }
 
-    pub fn config(&self) -> &NodeConfig {
-        &self.inner.config
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
@@ -162,11 +158,6 @@ impl Node {
     /// Stops answering and refreshing; pending calls fail with [`RpcError::Closed`].
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
-    }
-
-    /// Completes once [`Node::shutdown`] was called.
-    pub async fn closed(&self) {
-        self.inner.shutdown.cancelled().await;
     }
 
     /// Answers calls of the kadscale-only procedure `name` with `handler`.

@@ -118,14 +118,6 @@ impl RoutingTable {
         }
     }
 
-    pub fn own_id(&self) -> NodeId {
-        self.own_id
-    }
-
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Number of contacts in buckets proper (replacements not counted).
     pub fn len(&self) -> usize {
         self.buckets.iter().map(|bucket| bucket.contacts.len()).sum()

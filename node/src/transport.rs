@@ -99,15 +99,6 @@ impl Transport {
         self.socket.local_addr()
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Calls awaiting an answer right now.
-    pub fn outstanding(&self) -> usize {
-        self.pending().len()
-    }
-
     fn pending(&self) -> MutexGuard<'_, HashMap<MessageId, PendingCall>> {
         // A panic while holding this lock cannot leave the map inconsistent; keep going.
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
