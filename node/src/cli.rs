@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::admin::{self, AdminState};
 use crate::bootstrap::args::BootstrapArgs;
 use crate::bootstrap::endpoint::{EndpointList, HostPort};
-use crate::bootstrap::node_prober::manage_node;
+use crate::bootstrap::node_prober::{manage_node, NodeManager};
 use crate::codec::Value;
 use crate::config::NodeConfig;
 use crate::id::{key_digest, NodeId};
@@ -46,6 +46,9 @@ pub enum Command {
     Get(GetCommand),
     /// Ping a node: print its id and the round-trip time; exit 1 when it does not answer.
     Ping(PingCommand),
+    /// Run a whole DHT in this process on 127.0.0.1: a policy-sized bootstrap tier and
+    /// workers joining through it; commands on stdin or from a scenario file.
+    Cluster(crate::cluster::ClusterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -291,8 +294,13 @@ pub fn format_value(value: &Value, format: OutputFormat) -> String {
 
 /// Parses the command line and runs it; the process exits with the returned code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let long_running = matches!(cli.command, Command::Bootstrap(_) | Command::Worker(_));
-    logging::init(cli.log_format, if long_running { "info" } else { "warn" });
+    let default_level = match cli.command {
+        Command::Bootstrap(_) | Command::Worker(_) => "info",
+        // Hundreds of nodes in one process: one warning each would bury the tables.
+        Command::Cluster(_) => "error",
+        Command::Put(_) | Command::Get(_) | Command::Ping(_) => "warn",
+    };
+    logging::init(cli.log_format, default_level);
     let result = match cli.command {
         Command::Bootstrap(command) => {
             run_node(Role::Bootstrap, command.port, &command.bootstrap, &command.node).await
@@ -303,6 +311,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Put(command) => put(command).await,
         Command::Get(command) => get(command).await,
         Command::Ping(command) => ping(command).await,
+        Command::Cluster(args) => crate::cluster::run(args).await,
     };
     match result {
         Ok(code) => code,
@@ -313,10 +322,56 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// What a node is for: a bootstrap node serves joins (and answers `kadscale_load`); a worker
+/// joins through bootstrap nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
+pub enum Role {
     Bootstrap,
     Worker,
+}
+
+/// A node whose bootstrap manager joins it in the background: what `bootstrap` and `worker`
+/// run, and every node of `cluster`.
+pub struct ManagedNode {
+    pub node: Node,
+    pub manager: Arc<NodeManager>,
+    /// The manager's loop; none for a bootstrap node given no peers (it waits to be joined).
+    joiner: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ManagedNode {
+    /// Binds `listen`, sets up the manager from `bootstrap` with its metrics and the node's in
+    /// `registry`, and starts it.
+    pub async fn start(
+        role: Role,
+        listen: SocketAddr,
+        config: NodeConfig,
+        bootstrap: &BootstrapArgs,
+        registry: &mut Registry,
+    ) -> anyhow::Result<ManagedNode> {
+        let metrics = Metrics::new(registry);
+        let node = Node::start(listen, config, metrics).await?;
+        let manager = match manage_node(&node, bootstrap, role == Role::Bootstrap, registry) {
+            Ok(manager) => Arc::new(manager),
+            Err(error) => {
+                node.shutdown();
+                return Err(error.into());
+            }
+        };
+        let joiner = (!bootstrap.discovery_config().is_empty()).then(|| {
+            let manager = manager.clone();
+            tokio::spawn(async move { manager.run().await })
+        });
+        Ok(ManagedNode { node, manager, joiner })
+    }
+
+    /// Stops the node and its manager.
+    pub fn shutdown(&self) {
+        self.node.shutdown();
+        if let Some(joiner) = &self.joiner {
+            joiner.abort();
+        }
+    }
 }
 
 /// Resolves every `host:port` (host names through the system resolver).
@@ -344,12 +399,11 @@ async fn run_node(
     options: &NodeOptions,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry);
     let listen = SocketAddr::new(options.host, port);
     let mut config = options.config();
     config.node_id = config.node_id.or(bootstrap.node_id()?);
-    let node = Node::start(listen, config, metrics).await?;
-    let manager = Arc::new(manage_node(&node, bootstrap, role == Role::Bootstrap, &mut registry)?);
+    let managed = ManagedNode::start(role, listen, config, bootstrap, &mut registry).await?;
+    let node = managed.node.clone();
     let stop = tokio_util::sync::CancellationToken::new();
 
     let admin = match options.admin_addr {
@@ -373,19 +427,10 @@ async fn run_node(
         None => None,
     };
 
-    // A bootstrap node given no peers has nothing to join; it waits to be joined.
-    let joiner = (!bootstrap.discovery_config().is_empty()).then(|| {
-        let manager = manager.clone();
-        tokio::spawn(async move { manager.run().await })
-    });
-
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "shutting down");
     stop.cancel();
-    node.shutdown();
-    if let Some(joiner) = joiner {
-        joiner.abort();
-    }
+    managed.shutdown();
     if let Some(admin) = admin {
         match admin.await {
             Ok(Ok(())) => {}
@@ -397,7 +442,7 @@ async fn run_node(
 }
 
 /// Waits for SIGTERM or SIGINT and names the one that came.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod id;

@@ -115,7 +115,7 @@ fn hostname() -> String {
 const MAX_SECONDS: f64 = 86_400.0;
 
 /// Seconds as a positive decimal number, at most a day.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 =
         text.trim().parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if !(seconds > 0.0 && seconds <= MAX_SECONDS) {
