@@ -16,8 +16,9 @@ use rmpv::Value as Msgpack;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
-    find_node_answer, find_value_answer, ping_answer, store_answer, stun_answer, Contact,
-    DecodeError, FindValueAnswer, Request, Response, Value,
+    encode_request, find_node_answer, find_value_answer, ping_answer, store_answer, stun_answer,
+    Contact, DecodeError, FindValueAnswer, Request, Response, Value, MAX_REQUEST_BODY,
+    MESSAGE_ID_LEN,
 };
 use crate::config::{ConfigError, NodeConfig};
 use crate::id::NodeId;
@@ -49,6 +50,8 @@ pub enum SetError {
     NotStored { tried: usize },
     #[error(transparent)]
     Refused(#[from] StoreError),
+    #[error("a store request for this value has a {size}-byte body; Python peers and this node send at most {MAX_REQUEST_BODY}")]
+    TooLargeToSend { size: usize },
 }
 
 /// Where a value went.
@@ -357,6 +360,11 @@ impl Node {
         let limit = self.inner.config.max_value_size;
         if value.payload_len() > limit {
             return Err(StoreError::TooLarge { size: value.payload_len(), limit }.into());
+        }
+        let store = Request::Store { sender: self.id(), key, value: value.clone() };
+        let size = encode_request(&[0; MESSAGE_ID_LEN], &store).len() - 1 - MESSAGE_ID_LEN;
+        if size > MAX_REQUEST_BODY {
+            return Err(SetError::TooLargeToSend { size });
         }
         let seeds = self.closest_known(&key, self.inner.config.k);
         if seeds.is_empty() {

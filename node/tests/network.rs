@@ -78,6 +78,9 @@ async fn a_lonely_node_cannot_set_and_bootstrap_through_silence_fails_cleanly() 
     .await
     .unwrap();
     assert_eq!(node.set(key_digest(b"k"), Value::Int(1)).await, Err(SetError::NoPeers));
+    // Python peers refuse to send request bodies over 8192 bytes; so does a set, up front.
+    let too_big = node.set(key_digest(b"k"), Value::Bytes(vec![0; 8192])).await;
+    assert_eq!(too_big, Err(SetError::TooLargeToSend { size: 8192 + 55 }));
     // A bound socket that never answers.
     let silent = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
     let found = node.bootstrap(&[silent.local_addr().unwrap()]).await;
