@@ -279,11 +279,11 @@ impl Node {
         let mut in_flight = FuturesUnordered::new();
         loop {
             for contact in lookup.next_batch() {
+                let node = self.clone();
                 in_flight
-                    .push(async move { (contact.id, self.find_on(contact, target, kind).await) });
+                    .push(async move { (contact.id, node.find_on(contact, target, kind).await) });
             }
             if lookup.is_done() {
-                // Calls still in flight are dropped, which cancels them.
                 break;
             }
             let next = tokio::time::timeout(config.lookup_stall, in_flight.next()).await;
@@ -299,6 +299,11 @@ impl Node {
                 Ok(FindValueAnswer::Value(value)) => lookup.on_value(&id, value),
                 Err(_) => lookup.on_failure(&id),
             }
+        }
+        if !in_flight.is_empty() {
+            // Calls the lookup stopped waiting for still run to their end (each within the
+            // call timeout), so that a dead node gets evicted and a slow one welcomed.
+            tokio::spawn(in_flight.for_each(|_| async {}));
         }
         let outcome = lookup.outcome();
         let result = match &outcome {

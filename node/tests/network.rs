@@ -219,3 +219,26 @@ async fn calls_fail_fast_after_shutdown() {
     assert!(matches!(later, Err(kadscale_node::transport::RpcError::Closed)), "{later:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_contact_that_stops_answering_is_evicted() {
+    let quick = NodeConfig {
+        rpc_timeout: Duration::from_millis(200),
+        lookup_stall: Duration::from_millis(50),
+        ..NodeConfig::default()
+    };
+    let a = start_with(quick).await;
+    let b = start().await;
+    a.bootstrap(&[b.local_addr()]).await;
+    assert_eq!(a.contacts().iter().map(|c| c.id).collect::<Vec<_>>(), vec![b.id()]);
+    b.shutdown();
+    assert_eq!(
+        a.set(key_digest(b"k"), Value::Int(1)).await,
+        Err(SetError::NoPeers),
+        "the lookup found nobody alive"
+    );
+    // The lookup stopped waiting after 50 ms; the call itself times out after 200 ms and
+    // evicts the contact then.
+    assert!(eventually(|| a.routing_table_len() == 0).await, "the silent contact stayed");
+    a.shutdown();
+}
