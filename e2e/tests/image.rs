@@ -6,6 +6,7 @@
 //! neither exists unless KADSCALE_E2E_REQUIRED is set.
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -70,22 +71,24 @@ fn oci_archive_holds_a_runnable_non_root_image() -> Result<()> {
     assert_eq!(diff_ids.len(), layers.len(), "one diff_id per layer");
     let rootfs = work.path.join("rootfs");
     fs::create_dir_all(&rootfs)?;
-    for layer in layers {
+    for (index, layer) in layers.iter().enumerate() {
         let media_type = layer["mediaType"].as_str().context("layer mediaType")?;
-        let compression = match media_type {
-            "application/vnd.oci.image.layer.v1.tar+gzip" => "-z",
-            "application/vnd.oci.image.layer.v1.tar" => "-a",
-            other => bail!("unexpected layer media type {other}"),
-        };
+        let compressed = blob_path(&layout, layer)?;
         blob(&layout, layer)?;
-        let path = blob_path(&layout, layer)?;
-        run(Command::new("tar")
-            .arg("-x")
-            .arg(compression)
-            .arg("-f")
-            .arg(&path)
-            .arg("-C")
-            .arg(&rootfs))?;
+        let tar = work.path.join(format!("layer-{index}.tar"));
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar+gzip" => {
+                let output = Command::new("gzip").arg("-dc").arg(&compressed).output()?;
+                ensure!(output.status.success(), "layer {index} is not valid gzip");
+                fs::write(&tar, output.stdout)?;
+            }
+            "application/vnd.oci.image.layer.v1.tar" => {
+                fs::copy(&compressed, &tar)?;
+            }
+            other => bail!("unexpected layer media type {other}"),
+        }
+        ensure_complete_tar(&tar).with_context(|| format!("layer {index} ({media_type})"))?;
+        run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&rootfs))?;
     }
 
     let passwd =
@@ -142,6 +145,28 @@ fn blob(layout: &Path, descriptor: &Value) -> Result<Vec<u8>> {
     let expected = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
     ensure!(actual == expected, "{}: content hashes to sha256:{actual}", path.display());
     Ok(bytes)
+}
+
+/// A tar archive ends with two zero blocks after whole 512-byte blocks; without them GNU tar,
+/// Python's tarfile and image scanners refuse the layer. (umoci before 0.4.8 wrote `umoci
+/// insert` layers without them: opencontainers/umoci#436.)
+fn ensure_complete_tar(path: &Path) -> Result<()> {
+    const BLOCK: u64 = 512;
+    let mut file = fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    ensure!(
+        length % BLOCK == 0 && length >= 2 * BLOCK,
+        "the tar stream is {length} bytes, not whole 512-byte blocks ending in the two-block \
+         end-of-archive marker: the archive was not closed (umoci < 0.4.8, opencontainers/umoci#436)"
+    );
+    let mut trailer = [0u8; 2 * BLOCK as usize];
+    file.seek(SeekFrom::End(-(2 * BLOCK as i64)))?;
+    file.read_exact(&mut trailer)?;
+    ensure!(
+        trailer.iter().all(|&byte| byte == 0),
+        "the tar stream lacks its end-of-archive marker"
+    );
+    Ok(())
 }
 
 fn read_json(path: &Path) -> Result<Value> {
