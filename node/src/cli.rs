@@ -173,7 +173,9 @@ pub struct PutCommand {
     /// The key, a string: the DHT key is sha1(utf8(KEY)), as Python's digest(str(key)).
     pub key: String,
 
-    /// The value; bytes are given as hex, bools as true/false.
+    /// The value; bytes are given as hex, bools as true/false. A negative number is a value,
+    /// not an option.
+    #[arg(allow_negative_numbers = true)]
     pub value: String,
 }
 
@@ -604,6 +606,16 @@ mod tests {
         assert_eq!(bootstrap.port, 5678);
         assert!(bootstrap.bootstrap.discovery_config().is_empty());
         assert!(Cli::try_parse_from(["dht-node", "bootstrap", "--node-id", "xyz"]).is_err());
+    }
+
+    #[test]
+    fn put_takes_negative_numbers_as_values() {
+        for value in ["-5", "-0.25"] {
+            let cli = Cli::try_parse_from(["dht-node", "put", "--bootstrap", "h:1", "k", value])
+                .unwrap_or_else(|error| panic!("{value}: {error}"));
+            let Command::Put(put) = cli.command else { panic!("not a put") };
+            assert_eq!(put.value, value);
+        }
     }
 
     #[test]

@@ -118,13 +118,21 @@ impl Lookup {
         self.candidates.iter().filter(|candidate| candidate.state != State::Slow).take(self.k)
     }
 
-    /// True when the lookup has its answer: a value came, or the `k` closest known nodes have
-    /// all answered (or fewer, with nothing left to ask).
+    /// True when the lookup has its answer: a value came, or the `k` closest nodes that are
+    /// not slow have all answered, and either they are `k` or no slow node is left to hear
+    /// from (in a small network, a slow node may be the only one holding the value).
     pub fn is_done(&self) -> bool {
         if !self.values.is_empty() {
             return true;
         }
-        self.visible().all(|candidate| candidate.state == State::Answered)
+        let mut answered = 0;
+        for candidate in self.visible() {
+            if candidate.state != State::Answered {
+                return false;
+            }
+            answered += 1;
+        }
+        answered >= self.k || self.candidates.iter().all(|candidate| candidate.state != State::Slow)
     }
 
     /// Gives up waiting for the calls in flight: the lookup goes on as if they had failed,
@@ -518,6 +526,21 @@ mod tests {
         assert!(lookup.is_done(), "the 2 closest that are not slow answered");
         lookup.on_nodes(&a.id, vec![]);
         assert_eq!(lookup.outcome(), LookupOutcome::Nodes(vec![a, b]), "a's late answer counts");
+    }
+
+    #[test]
+    fn without_k_answers_a_lookup_waits_for_its_slow_nodes() {
+        let (slow, quick) = (contact(NodeId([1; 20]), 1), contact(NodeId([2; 20]), 2));
+        let mut lookup =
+            Lookup::new(NodeId::ZERO, LookupKind::FindValue, vec![slow, quick], 20, 3, NodeId::MAX);
+        assert_eq!(lookup.next_batch(), vec![slow, quick]);
+        lookup.on_nodes(&quick.id, vec![]);
+        lookup.on_stall();
+        assert!(lookup.next_batch().is_empty());
+        assert!(!lookup.is_done(), "the slow node may hold the value");
+        lookup.on_value(&slow.id, Value::Bool(true));
+        assert!(lookup.is_done());
+        assert!(matches!(lookup.outcome(), LookupOutcome::Value { value: Value::Bool(true), .. }));
     }
 
     #[test]
