@@ -5,6 +5,23 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # Run every test suite: unit, interop, e2e.
 test: test-unit test-interop test-e2e
 
+# A whole DHT on this machine (one process, 127.0.0.1): 10 -> 60 -> 300 workers, a bootstrap node
+# killed and restarted, values stored and read back; the bootstrap tier follows the worker count.
+demo:
+    cargo build -p kadscale-node --bin dht-node
+    "${CARGO_TARGET_DIR:-$PWD/target}/debug/dht-node" cluster --workers 10 --scenario scenarios/demo.txt
+
+# Join storm: 100, then 1,000 workers joining through the tier the policy gives (release build).
+# Figures go to BENCHMARKS.md ("Join storm (dht-node cluster)").
+bench-join:
+    cargo build --release -p kadscale-node --bin dht-node
+    echo "nproc $(nproc), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+    for workers in 100 1000; do \
+        echo "--- dht-node cluster --workers $workers < /dev/null"; \
+        "${CARGO_TARGET_DIR:-$PWD/target}/release/dht-node" cluster --workers $workers < /dev/null \
+            | sed '/^== final ==$/,$d'; \
+    done
+
 # Rust unit and integration tests of the whole workspace (the e2e crate runs in test-e2e).
 test-unit:
     cargo test --workspace --exclude kadscale-e2e --all-targets

@@ -17,6 +17,7 @@ use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -107,6 +108,12 @@ pub struct ClusterArgs {
     /// Joins per load interval above which a bootstrap node reports itself overloaded.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub max_connections_per_node: u64,
+
+    /// Most workers joining at once; further ones start as others finish (0: no limit). A
+    /// storm of simultaneous joins overflows the bootstrap nodes' socket buffers, and every
+    /// datagram lost costs a timeout.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_joining: usize,
 
     /// Seconds to wait for the workers of a scale-up to join before going on without them.
     #[arg(long, default_value = "60", value_parser = parse_seconds, value_name = "SECS")]
@@ -530,44 +537,33 @@ impl Cluster {
         let config = self.args.node_config();
         let scale_started = Instant::now();
         let first_new = self.workers.len();
-        for _ in 0..count {
-            let started = Instant::now();
-            let managed = ManagedNode::start(
-                Role::Worker,
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                config.clone(),
-                &args,
-                &mut Registry::default(),
-            )
-            .await
-            .context("starting a worker")?;
-            let joined_at = Arc::new(OnceLock::new());
-            let mut joined = managed.manager.subscribe_joined();
-            let record = joined_at.clone();
-            let watcher = tokio::spawn(async move {
-                if joined.wait_for(|joined| *joined).await.is_ok() {
-                    let _ = record.set(Instant::now());
-                }
-            });
-            self.workers.push(Worker { managed, started, joined_at, watcher });
-        }
+        let joined_count = Arc::new(AtomicUsize::new(0));
         let deadline = scale_started + self.args.join_timeout;
         let mut next_progress = scale_started + Duration::from_secs(1);
         loop {
-            let joined =
-                self.workers[first_new..].iter().filter(|w| w.joined_at.get().is_some()).count();
+            let joined = joined_count.load(Ordering::Relaxed);
+            let started = self.workers.len() - first_new;
             let now = Instant::now();
             if joined == count || now >= deadline {
                 break;
             }
             if self.show_progress && now >= next_progress {
                 eprintln!(
-                    "  joining: {joined}/{count} new workers joined ({:.0} s)",
+                    "  joining: {joined}/{count} new workers joined, {started} started ({:.0} s)",
                     now.duration_since(scale_started).as_secs_f64()
                 );
                 next_progress += Duration::from_secs(1);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let max_joining = self.args.max_joining;
+            if started < count && (max_joining == 0 || started - joined < max_joining) {
+                self.start_worker(&args, &config, &joined_count).await?;
+            } else {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // Past the deadline the rest start anyway: the worker count is what was asked for.
+        while self.workers.len() - first_new < count {
+            self.start_worker(&args, &config, &joined_count).await?;
         }
         let last_joined = self.workers[first_new..]
             .iter()
@@ -584,6 +580,37 @@ impl Cluster {
                 self.args.join_timeout.as_secs_f64()
             );
         }
+        Ok(())
+    }
+
+    /// Starts one worker and the task that records when it joined.
+    async fn start_worker(
+        &mut self,
+        args: &BootstrapArgs,
+        config: &NodeConfig,
+        joined_count: &Arc<AtomicUsize>,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let managed = ManagedNode::start(
+            Role::Worker,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            config.clone(),
+            args,
+            &mut Registry::default(),
+        )
+        .await
+        .context("starting a worker")?;
+        let joined_at = Arc::new(OnceLock::new());
+        let mut joined = managed.manager.subscribe_joined();
+        let record = joined_at.clone();
+        let joined_count = joined_count.clone();
+        let watcher = tokio::spawn(async move {
+            if joined.wait_for(|joined| *joined).await.is_ok() {
+                let _ = record.set(Instant::now());
+                joined_count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        self.workers.push(Worker { managed, started, joined_at, watcher });
         Ok(())
     }
 

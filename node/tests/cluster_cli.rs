@@ -1,0 +1,96 @@
+//! The built `dht-node cluster` binary: scenario file, stdin commands, exit codes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn dht_node() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dht-node"))
+}
+
+fn scenario_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("kadscale-{name}-{}.txt", std::process::id()));
+    std::fs::write(&path, text).expect("writing the scenario");
+    path
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
+    let mut child = dht_node()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dht-node starts");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writing stdin");
+    child.wait_with_output().expect("dht-node ends")
+}
+
+#[test]
+fn a_scenario_runs_and_prints_the_tier() {
+    let scenario = scenario_file("cli-scenario", "put greeting hello\nget greeting\nstatus\n");
+    let output = dht_node()
+        .args(["cluster", "--workers", "10", "--scenario"])
+        .arg(&scenario)
+        .stdin(Stdio::null())
+        .output()
+        .expect("dht-node runs");
+    let _ = std::fs::remove_file(&scenario);
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        output.status,
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("\ntier          small\n"), "{stdout}");
+    assert!(stdout.contains("workers       10/10 joined"), "{stdout}");
+    assert!(stdout.contains("bootstrap     2 running of 2 planned"), "{stdout}");
+    assert!(stdout.contains("get greeting: hello"), "{stdout}");
+    assert!(stdout.contains("== final =="), "{stdout}");
+}
+
+#[test]
+fn a_bad_scenario_line_fails_before_anything_starts() {
+    let scenario = scenario_file("cli-bad", "workers 12\nfly away\n");
+    let output = dht_node()
+        .args(["cluster", "--workers", "3", "--scenario"])
+        .arg(&scenario)
+        .output()
+        .expect("dht-node runs");
+    let _ = std::fs::remove_file(&scenario);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2: unknown command \"fly\""), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing ran: {}", text(&output.stdout));
+}
+
+#[test]
+fn stdin_commands_run_until_eof_and_bad_lines_are_skipped() {
+    let output = run_with_stdin(&["cluster", "--workers", "3"], "workers 4\nbogus 1\nstatus\n");
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "exit {:?}\n{stdout}\n{stderr}", output.status);
+    assert!(stderr.contains("stdin line 2: unknown command \"bogus\""), "{stderr}");
+    assert!(stdout.contains("== status"), "{stdout}");
+    assert!(stdout.contains("workers       4/4 joined"), "{stdout}");
+}
+
+#[test]
+fn a_failing_command_in_a_scenario_exits_1_naming_the_line() {
+    let scenario = scenario_file("cli-fail", "status\nkill-bootstrap 5\nstatus\n");
+    let output = dht_node()
+        .args(["cluster", "--workers", "2", "--scenario"])
+        .arg(&scenario)
+        .output()
+        .expect("dht-node runs");
+    let _ = std::fs::remove_file(&scenario);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 2 (kill-bootstrap 5)"), "{stderr}");
+    assert!(stderr.contains("no bootstrap node 5"), "{stderr}");
+}
