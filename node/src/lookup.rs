@@ -6,7 +6,9 @@
 //!
 //! Unlike Python, which waits for a whole round (so one dead node costs every round its 5 s
 //! timeout), a slot freed by an answer is refilled at once: `alpha` queries stay in flight.
-//! A node still in flight beyond the `k` closest that answered is not waited for.
+//! When no answer comes for a while the driver calls [`Lookup::on_stall`]: the silent calls
+//! become *slow*, the lookup asks past them, and it ends without them once `k` others have
+//! answered (with fewer, it waits for them: they may hold the only copy of a value).
 //!
 //! [`crate::node`] drives it with the transport; tests drive it with made-up answers.
 
