@@ -507,18 +507,22 @@ impl Cluster {
         Ok(())
     }
 
-    /// Waits until the bootstrap nodes `indices` joined their peers (a lone first tier node
-    /// has none that answers before the others listen, so a short retry is normal).
+    /// Waits until the bootstrap nodes `indices` know a peer. The first node of a new tier
+    /// pings peers that are not listening yet, so its own join waits out a timeout; the
+    /// others joining through it fill its routing table meanwhile, and that is enough.
     async fn wait_for_bootstraps(&self, indices: std::ops::Range<usize>) {
+        if self.bootstraps.len() < 2 {
+            return;
+        }
         let deadline = Instant::now() + self.args.join_timeout;
-        let joined = |cluster: &Cluster| {
+        let connected = |cluster: &Cluster| {
             cluster.bootstraps[indices.clone()]
                 .iter()
                 .filter_map(|slot| slot.node.as_ref())
-                .all(|node| node.manager.is_joined())
+                .all(|managed| managed.node.routing_table_len() > 0)
         };
-        while !joined(self) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        while !connected(self) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -704,6 +708,29 @@ fn print(header: &str, outcome: &Outcome) {
     println!("== {header} ==\n{outcome}");
 }
 
+/// Runs `command` and prints what it did under a header naming it (after `label`), when it
+/// started and how long it took. True for `quit`, which prints nothing.
+async fn apply_and_print(
+    cluster: &mut Cluster,
+    command: &ClusterCommand,
+    label: &str,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    let at = started.elapsed();
+    let outcome = cluster.apply(command).await?;
+    if matches!(outcome, Outcome::Quit) {
+        return Ok(true);
+    }
+    let took = started.elapsed() - at;
+    let header = format!(
+        "{label}{command} (at {:.1} s, took {:.2} s)",
+        at.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    print(&header, &outcome);
+    Ok(false)
+}
+
 /// `dht-node cluster`.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let scenario = match &args.scenario {
@@ -757,16 +784,10 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         (Commands::Scenario(path), Some(steps)) => {
             let mut result = Ok(());
             for step in steps {
-                let header = format!(
-                    "{}:{} {} (t={:.1} s)",
-                    path.display(),
-                    step.line,
-                    step.command,
-                    started.elapsed().as_secs_f64()
-                );
-                match cluster.apply(&step.command).await {
-                    Ok(Outcome::Quit) => break,
-                    Ok(outcome) => print(&header, &outcome),
+                let label = format!("{}:{} ", path.display(), step.line);
+                match apply_and_print(&mut cluster, &step.command, &label, started).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
                     Err(error) => {
                         result = Err(error.context(format!(
                             "{} line {} ({})",
@@ -836,10 +857,9 @@ async fn read_stdin(cluster: &mut Cluster, started: Instant) -> anyhow::Result<(
                 continue;
             }
         };
-        let header = format!("{command} (t={:.1} s)", started.elapsed().as_secs_f64());
-        match cluster.apply(&command).await {
-            Ok(Outcome::Quit) => return Ok(()),
-            Ok(outcome) => print(&header, &outcome),
+        match apply_and_print(cluster, &command, "", started).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
             Err(error) => eprintln!("dht-node cluster: {command}: {error:#}"),
         }
     }
