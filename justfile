@@ -11,14 +11,27 @@ demo:
     cargo build -p kadscale-node --bin dht-node
     "${CARGO_TARGET_DIR:-$PWD/target}/debug/dht-node" cluster --workers 10 --scenario scenarios/demo.txt
 
-# Join storm: 100, then 1,000 workers joining through the tier the policy gives (release build).
+# Every benchmark (micro, rpc, join); figures, machine, load and commands go to BENCHMARKS.md.
+bench: bench-micro bench-rpc bench-join
+
+# Criterion benches (codec, routing table at 10k contacts, selection), short; to BENCHMARKS.md.
+bench-micro:
+    bench/micro.sh
+
+# find_node answers/s on one core, dht-node vs the Python node, same run (~25 s); to BENCHMARKS.md.
+bench-rpc: interop-venv
+    cargo build --release -p kadscale-node --bin dht-node --bin rpc-load
+    bench/rpc.sh
+
+# Join storm: 100, then 1,000 workers joining through the tier the policy gives (release build),
+# 100 joining at once (the default --max-joining), then 1,000 all at once (--max-joining 0).
 # Figures go to BENCHMARKS.md ("Join storm (dht-node cluster)").
 bench-join:
     cargo build --release -p kadscale-node --bin dht-node
     echo "nproc $(nproc), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
-    for workers in 100 1000; do \
-        echo "--- dht-node cluster --workers $workers < /dev/null"; \
-        "${CARGO_TARGET_DIR:-$PWD/target}/release/dht-node" cluster --workers $workers < /dev/null \
+    for flags in "--workers 100" "--workers 1000" "--workers 1000 --max-joining 0"; do \
+        echo "--- dht-node cluster $flags < /dev/null"; \
+        "${CARGO_TARGET_DIR:-$PWD/target}/release/dht-node" cluster $flags < /dev/null \
             | sed '/^== final ==$/,$d'; \
     done
 
@@ -64,3 +77,8 @@ cluster-down:
 # Regenerate crds/dhtcluster.yaml from the DhtCluster type (a unit test fails while it is stale).
 crds:
     cargo run -q -p kadscale-operator --bin dht-operator -- crd > crds/dhtcluster.yaml
+
+# The operator flow for a person: local cluster up, helm install, apply an example, scale it
+# through the tiers while `kubectl get dhtc` shows it move.
+demo-k8s:
+    e2e/demo-k8s.sh
