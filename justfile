@@ -5,8 +5,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # Run every test suite: unit, interop, e2e.
 test: test-unit test-interop test-e2e
 
-# A whole DHT on this machine (one process, 127.0.0.1): 10 -> 60 -> 300 workers, a bootstrap node
-# killed and restarted, values stored and read back; the bootstrap tier follows the worker count.
+# A whole DHT in one process on 127.0.0.1: 10 -> 60 -> 300 workers, a bootstrap node killed on the way.
 demo:
     cargo build -p kadscale-node --bin dht-node
     "${CARGO_TARGET_DIR:-$PWD/target}/debug/dht-node" cluster --workers 10 --scenario scenarios/demo.txt
@@ -78,7 +77,10 @@ cluster-down:
 crds:
     cargo run -q -p kadscale-operator --bin dht-operator -- crd > crds/dhtcluster.yaml
 
-# The operator flow for a person: local cluster up, helm install, apply an example, scale it
-# through the tiers while `kubectl get dhtc` shows it move.
+# The operator on the local cluster: helm install, apply an example, scale it through every tier.
 demo-k8s:
     e2e/demo-k8s.sh
+
+# Build the image with a Docker engine (where one runs): kadscale/kadscale:<version>.
+image:
+    docker build -f image/Dockerfile -t kadscale/kadscale:$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) .
