@@ -22,17 +22,10 @@ bench-rpc: interop-venv
     cargo build --release -p kadscale-node --bin dht-node --bin rpc-load
     bench/rpc.sh
 
-# Join storm: 100, then 1,000 workers joining through the tier the policy gives (release build),
-# 100 joining at once (the default --max-joining), then 1,000 all at once (--max-joining 0).
-# Figures go to BENCHMARKS.md ("Join storm (dht-node cluster)").
+# Join storms of dht-node cluster: 100, then 1,000 workers through the policy's tier (~10 s); to BENCHMARKS.md.
 bench-join:
     cargo build --release -p kadscale-node --bin dht-node
-    echo "nproc $(nproc), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
-    for flags in "--workers 100" "--workers 1000" "--workers 1000 --max-joining 0"; do \
-        echo "--- dht-node cluster $flags < /dev/null"; \
-        "${CARGO_TARGET_DIR:-$PWD/target}/release/dht-node" cluster $flags < /dev/null \
-            | sed '/^== final ==$/,$d'; \
-    done
+    bench/join.sh
 
 # Rust unit and integration tests of the whole workspace (the e2e crate runs in test-e2e).
 test-unit:

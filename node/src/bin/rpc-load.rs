@@ -35,8 +35,12 @@ use serde_json::json;
 /// Answers the first step's answers are examined for distinct contacts: enough to see the
 /// routing table, few enough that the bookkeeping does not slow the generator down.
 const CONTACT_SAMPLE_ANSWERS: u64 = 2_000;
-/// How long a socket read waits before the lost-request sweep runs anyway.
-const READ_TIMEOUT: Duration = Duration::from_millis(20);
+/// Requests a socket sends at once at the start of a step or after losses; the window then
+/// grows by one with every answer. A whole window sent at once would overflow the node's
+/// receive buffer (about 200 datagrams by default) and measure lost datagrams, not answers.
+const BURST: usize = 4;
+/// How often requests unanswered for longer than the loss timeout are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
 /// After a step, answers still in flight are awaited this long so they do not leak into the
 /// next step as unmatched.
 const DRAIN_TIME: Duration = Duration::from_millis(300);
@@ -59,7 +63,7 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     sockets: usize,
     /// Requests kept outstanding over all sockets, one load step per value, in order.
-    #[arg(long, value_delimiter = ',', default_value = "8,64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
     outstanding: Vec<usize>,
     /// Seconds each step lasts.
     #[arg(long, default_value_t = 3.0)]
@@ -87,17 +91,6 @@ struct Counts {
     lost: u64,
     pings_answered: u64,
     contacts_seen: HashSet<NodeId>,
-}
-
-impl Counts {
-    fn absorb(&mut self, other: Counts) {
-        self.answers += other.answers;
-        self.malformed += other.malformed;
-        self.unmatched += other.unmatched;
-        self.lost += other.lost;
-        self.pings_answered += other.pings_answered;
-        self.contacts_seen.extend(other.contacts_seen);
-    }
 }
 
 /// A socket with the node id it claims as sender.
@@ -284,25 +277,12 @@ fn run_steps(args: &Args, sources: &[Source]) -> anyhow::Result<Vec<serde_json::
         let started = Instant::now();
         let deadline = started + step;
         let sample_contacts = index == 0;
-        let counts = std::thread::scope(|scope| {
-            let workers: Vec<_> = sources
-                .iter()
-                .enumerate()
-                .map(|(i, source)| {
-                    // The window is spread over the sockets; the first ones take the remainder.
-                    let window =
-                        outstanding / sources.len() + usize::from(i < outstanding % sources.len());
-                    scope.spawn(move || {
-                        drive(source, args.target, window, deadline, loss_timeout, sample_contacts)
-                    })
-                })
-                .collect();
-            let mut total = Counts::default();
-            for worker in workers {
-                total.absorb(worker.join().expect("a load thread ended"));
-            }
-            total
+        let windows = sources.iter().enumerate().map(|(i, _)| {
+            // The window is spread over the sockets; the first ones take the remainder.
+            outstanding / sources.len() + usize::from(i < outstanding % sources.len())
         });
+        let mut lanes: Vec<Lane> = sources.iter().zip(windows).map(Lane::new).collect();
+        let counts = drive(&mut lanes, args.target, deadline, loss_timeout, sample_contacts)?;
         let seconds = step.as_secs_f64();
         let cpu_after = args.server_pid.map(process_cpu_seconds).transpose()?;
         let server_cpu = cpu_before.zip(cpu_after).map(|(before, after)| after - before);
@@ -337,26 +317,42 @@ fn run_steps(args: &Args, sources: &[Source]) -> anyhow::Result<Vec<serde_json::
     Ok(steps)
 }
 
-/// One socket's closed loop until `deadline`, then the drain of its answers still in flight.
-fn drive(
-    source: &Source,
-    target: SocketAddr,
+/// One load socket's share of a step: its window and the requests it has outstanding.
+struct Lane<'a> {
+    source: &'a Source,
     window: usize,
+    outstanding: HashMap<MessageId, Instant>,
+}
+
+impl<'a> Lane<'a> {
+    fn new((source, window): (&'a Source, usize)) -> Lane<'a> {
+        Lane { source, window, outstanding: HashMap::with_capacity(window * 2) }
+    }
+
+    fn send_one(&mut self, target: SocketAddr, rng: &mut SmallRng) {
+        let request = Request::FindNode { sender: self.source.id, key: NodeId(rng.random()) };
+        self.outstanding.insert(self.source.send_request(target, &request, rng), Instant::now());
+    }
+}
+
+/// The closed loop of every lane until `deadline`, then the drain of answers still in flight.
+/// One thread polls every socket without blocking: a generator blocked in `recv` would make
+/// the node pay for waking it up on every answer it sends, a cost no remote client imposes.
+fn drive(
+    lanes: &mut [Lane],
+    target: SocketAddr,
     deadline: Instant,
     loss_timeout: Duration,
     sample_contacts: bool,
-) -> Counts {
+) -> io::Result<Counts> {
     let mut rng = SmallRng::from_os_rng();
     let mut counts = Counts::default();
-    let mut outstanding: HashMap<MessageId, Instant> = HashMap::with_capacity(window * 2);
     let mut buffer = [0u8; 65536];
-    let _ = source.socket.set_read_timeout(Some(READ_TIMEOUT));
-    let send_one = |outstanding: &mut HashMap<MessageId, Instant>, rng: &mut SmallRng| {
-        let request = Request::FindNode { sender: source.id, key: NodeId(rng.random()) };
-        outstanding.insert(source.send_request(target, &request, rng), Instant::now());
-    };
-    while outstanding.len() < window {
-        send_one(&mut outstanding, &mut rng);
+    for lane in lanes.iter_mut() {
+        lane.source.socket.set_nonblocking(true)?;
+        while lane.outstanding.len() < lane.window.min(BURST) {
+            lane.send_one(target, &mut rng);
+        }
     }
     let mut last_sweep = Instant::now();
     loop {
@@ -364,38 +360,51 @@ fn drive(
         if now >= deadline {
             break;
         }
-        if now.duration_since(last_sweep) >= READ_TIMEOUT {
-            let before = outstanding.len();
-            outstanding.retain(|_, sent| now.duration_since(*sent) < loss_timeout);
-            counts.lost += (before - outstanding.len()) as u64;
-            while outstanding.len() < window {
-                send_one(&mut outstanding, &mut rng);
+        if now.duration_since(last_sweep) >= SWEEP_INTERVAL {
+            for lane in lanes.iter_mut() {
+                let before = lane.outstanding.len();
+                lane.outstanding.retain(|_, sent| now.duration_since(*sent) < loss_timeout);
+                let expired = before - lane.outstanding.len();
+                counts.lost += expired as u64;
+                for _ in 0..expired.min(BURST) {
+                    lane.send_one(target, &mut rng);
+                }
             }
             last_sweep = now;
         }
-        let Ok((len, from)) = source.socket.recv_from(&mut buffer) else { continue };
-        let answered = classify(
-            source,
-            target,
-            &buffer[..len],
-            from,
-            &mut outstanding,
-            &mut counts,
-            sample_contacts,
-        );
-        if answered.is_some() {
-            send_one(&mut outstanding, &mut rng);
-        }
-    }
-    let drain_until = Instant::now() + DRAIN_TIME;
-    while !outstanding.is_empty() && Instant::now() < drain_until {
-        if let Ok((len, _)) = source.socket.recv_from(&mut buffer) {
-            if let Ok(Datagram::Response { id, .. }) = decode_datagram(&buffer[..len]) {
-                outstanding.remove(&id);
+        for lane in lanes.iter_mut() {
+            while let Ok((len, from)) = lane.source.socket.recv_from(&mut buffer) {
+                let answered = classify(
+                    lane.source,
+                    target,
+                    &buffer[..len],
+                    from,
+                    &mut lane.outstanding,
+                    &mut counts,
+                    sample_contacts,
+                );
+                if answered.is_some() {
+                    // Each answer releases its successor, and one more while the window is
+                    // not full.
+                    lane.send_one(target, &mut rng);
+                    if lane.outstanding.len() < lane.window {
+                        lane.send_one(target, &mut rng);
+                    }
+                }
             }
         }
     }
-    counts
+    let drain_until = Instant::now() + DRAIN_TIME;
+    while lanes.iter().any(|lane| !lane.outstanding.is_empty()) && Instant::now() < drain_until {
+        for lane in lanes.iter_mut() {
+            while let Ok((len, _)) = lane.source.socket.recv_from(&mut buffer) {
+                if let Ok(Datagram::Response { id, .. }) = decode_datagram(&buffer[..len]) {
+                    lane.outstanding.remove(&id);
+                }
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// Counts one received datagram; `Some` when it answered an outstanding request (valid or
