@@ -39,7 +39,8 @@ for flags in "--workers 100" "--workers 1000" "--workers 1000 --max-joining 0"; 
     read -r p50 p99 all_joined < <(sed -n \
         's/^join time  *p50 \([0-9.]*\) ms  p99 \([0-9.]*\) ms .*all joined in \([0-9.]*\) s)$/\1 \2 \3/p' \
         <<<"$table" | head -1)
-    served=$(awk '$3 == "running" { printf "%s%s", sep, $4; sep = ", " }' <<<"$table")
+    served=$(awk '$1 ~ /^[0-9]+$/ && $3 == "running" { printf "%s%s", sep, $4; sep = ", " }' <<<"$table")
+    # shellcheck disable=SC2016 # the backquotes are Markdown
     printf '| `%s` | %s | %s | %s | %s ms | %s ms | **%s s** | %s | %s |\n' \
         "$command" "$tier" "$bootstraps" "$workers" "$p50" "$p99" "${all_joined:-not all}" \
         "$served" "$drops" >>"$fragment"
@@ -48,6 +49,7 @@ done
 {
     printf '\nJoin time: from the worker node'"'"'s start to its bootstrap manager reporting it joined.\n'
     printf 'All joined after: from the first new worker'"'"'s start to the last join.\n'
+    # shellcheck disable=SC2016 # the backquotes are Markdown
     printf 'Target: 1,000 workers all joined in under 5 s. Binary: `%s`.\n' "$bin"
 } >>"$fragment"
 
