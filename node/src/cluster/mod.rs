@@ -112,7 +112,7 @@ pub struct ClusterArgs {
     /// Most workers joining at once; further ones start as others finish (0: no limit). A
     /// storm of simultaneous joins overflows the bootstrap nodes' socket buffers, and every
     /// datagram lost costs a timeout.
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    #[arg(long, default_value_t = 50, value_name = "N")]
     pub max_joining: usize,
 
     /// Seconds to wait for the workers of a scale-up to join before going on without them.
