@@ -26,7 +26,8 @@ use crate::node::Node;
 #[derive(Debug, Parser)]
 #[command(name = "dht-node", version)]
 pub struct Cli {
-    /// Log line format on stderr; RUST_LOG sets the level (default info, warn for tools).
+    /// Log line format on stderr; RUST_LOG sets the level (default info for nodes, error for
+    /// cluster, warn for tools).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
