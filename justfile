@@ -34,7 +34,7 @@ test-unit:
 # End-to-end tests of the chart, the operator and the image, on the test cluster (started if down).
 test-e2e mode="local": (cluster-up mode) image-oci
     cargo build -p kadscale-operator --bin dht-operator
-    KUBECONFIG="$PWD/e2e/.run/kubeconfig" KADSCALE_E2E_REQUIRED=1 cargo test -p kadscale-e2e
+    KUBECONFIG="$PWD/e2e/.run/kubeconfig" KADSCALE_E2E_REQUIRED=1 cargo test -p kadscale-e2e --no-fail-fast
 
 # Build the image (static binaries, user 65532) with umoci, no Docker: target/image/*.oci.tar.
 image-oci:
