@@ -777,8 +777,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     eprintln!("starting {} workers and the {} tier on 127.0.0.1 ...", args.workers, args.strategy);
     let mut cluster = Cluster::start_with(args.clone(), gauges, true).await?;
-    cluster.update_gauges();
-    print(&format!("workers {}", args.workers), &Outcome::Report(Box::new(cluster.report())));
+    let header =
+        format!("workers {} (start, took {:.2} s)", args.workers, started.elapsed().as_secs_f64());
+    print(&header, &Outcome::Report(Box::new(cluster.report())));
 
     let result = match (commands, scenario) {
         (Commands::Scenario(path), Some(steps)) => {
