@@ -785,6 +785,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         (Commands::Scenario(path), Some(steps)) => {
             let mut result = Ok(());
             for step in steps {
+                for note in &step.notes {
+                    println!("# {note}");
+                }
                 let label = format!("{}:{} ", path.display(), step.line);
                 match apply_and_print(&mut cluster, &step.command, &label, started).await {
                     Ok(true) => break,

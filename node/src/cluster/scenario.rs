@@ -72,6 +72,8 @@ pub struct ParseError {
 pub struct ScenarioStep {
     pub line: usize,
     pub command: ClusterCommand,
+    /// The whole-line comments right before the command, without `#`: a demo's narration.
+    pub notes: Vec<String>,
 }
 
 /// Parses line `line` (1-based); `Ok(None)` for a blank or comment line.
@@ -157,9 +159,19 @@ pub fn parse_line(line: usize, text: &str) -> Result<Option<ClusterCommand>, Par
 /// Parses a whole scenario; the first bad line fails it.
 pub fn parse_scenario(text: &str) -> Result<Vec<ScenarioStep>, ParseError> {
     let mut steps = Vec::new();
+    let mut notes = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        if let Some(command) = parse_line(index + 1, line)? {
-            steps.push(ScenarioStep { line: index + 1, command });
+        if let Some(note) = line.trim_start().strip_prefix('#') {
+            notes.push(note.trim().to_owned());
+        } else if let Some(command) = parse_line(index + 1, line)? {
+            steps.push(ScenarioStep {
+                line: index + 1,
+                command,
+                notes: std::mem::take(&mut notes),
+            });
+        } else {
+            // A blank line ends a note: it was about what came before.
+            notes.clear();
         }
     }
     Ok(steps)
@@ -226,12 +238,18 @@ mod tests {
 
     #[test]
     fn a_scenario_keeps_line_numbers_and_stops_at_the_first_bad_line() {
-        let steps = parse_scenario("# demo\nworkers 10\n\nstatus\n").unwrap();
+        let steps =
+            parse_scenario("# a note\n#  about growing\nworkers 10 # inline\n# lost\n\nstatus\n")
+                .unwrap();
         assert_eq!(
             steps,
             vec![
-                ScenarioStep { line: 2, command: ClusterCommand::Workers(10) },
-                ScenarioStep { line: 4, command: ClusterCommand::Status },
+                ScenarioStep {
+                    line: 3,
+                    command: ClusterCommand::Workers(10),
+                    notes: vec!["a note".into(), "about growing".into()],
+                },
+                ScenarioStep { line: 6, command: ClusterCommand::Status, notes: vec![] },
             ]
         );
         let error = parse_scenario("workers 10\nstatus\nfly away\n").unwrap_err();
