@@ -258,6 +258,22 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_scenario_parses_and_goes_through_every_tier() {
+        let steps = parse_scenario(include_str!("../../../scenarios/demo.txt")).unwrap();
+        let commands: Vec<&ClusterCommand> = steps.iter().map(|step| &step.command).collect();
+        for expected in [
+            ClusterCommand::Workers(60),
+            ClusterCommand::Workers(300),
+            ClusterCommand::KillBootstrap(1),
+            ClusterCommand::StartBootstrap(1),
+        ] {
+            assert!(commands.contains(&&expected), "the demo lacks {expected}");
+        }
+        assert!(commands.iter().any(|c| matches!(c, ClusterCommand::Get { .. })));
+        assert!(steps[0].notes.iter().any(|note| note.contains("stored")), "narrated");
+    }
+
+    #[test]
     fn commands_print_as_they_parse() {
         for text in ["workers 60", "kill-bootstrap 2", "put k v", "get k", "wait 1.5", "status"] {
             let command = parse(text).unwrap().unwrap();
