@@ -25,8 +25,11 @@ fn start_node() -> (Running, String) {
         .expect("dht-node starts");
     let stderr = child.stderr.take().expect("piped stderr");
     let node = Running(child);
+    let mut lines = BufReader::new(stderr);
     let mut first = String::new();
-    BufReader::new(stderr).read_line(&mut first).expect("dht-node logs a line");
+    lines.read_line(&mut first).expect("dht-node logs a line");
+    // Keep reading: dht-node stops when its stderr is closed.
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
     let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON log line");
     assert_eq!(line["message"], "node listening", "first log line: {first}");
     let addr = line["addr"].as_str().expect("the listening address").to_owned();
