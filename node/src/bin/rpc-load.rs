@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -37,10 +37,12 @@ use serde_json::json;
 const CONTACT_SAMPLE_ANSWERS: u64 = 2_000;
 /// Requests a socket sends at once at the start of a step or after losses; the window then
 /// grows by one with every answer. A whole window sent at once would overflow the node's
-/// receive buffer (about 200 datagrams by default) and measure lost datagrams, not answers.
+/// receive buffer (about 130 find_node datagrams by default) and measure losses, not answers.
 const BURST: usize = 4;
 /// How often requests unanswered for longer than the loss timeout are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest wait for the node to answer every contact's ping before the first step.
+const SEEDING_TIME: Duration = Duration::from_secs(3);
 /// After a step, answers still in flight are awaited this long so they do not leak into the
 /// next step as unmatched.
 const DRAIN_TIME: Duration = Duration::from_millis(300);
@@ -82,7 +84,7 @@ struct Args {
     label: String,
 }
 
-/// What one socket saw during one step.
+/// What the load sockets saw during one step.
 #[derive(Default)]
 struct Counts {
     answers: u64,
@@ -137,8 +139,14 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     if args.sockets == 0 {
         bail!("--sockets must be at least 1");
     }
-    if let Some(&zero) = args.outstanding.iter().find(|&&w| w < args.sockets) {
-        bail!("--outstanding {zero} is below --sockets {}: every socket needs one", args.sockets);
+    if let Some(&too_few) = args.outstanding.iter().find(|&&window| window < args.sockets) {
+        bail!(
+            "--outstanding {too_few} is below --sockets {}: every socket needs one",
+            args.sockets
+        );
+    }
+    if !(args.step_secs.is_finite() && args.step_secs > 0.0 && args.step_secs < 3600.0) {
+        bail!("--step-secs {} is not a number of seconds between 0 and 3600", args.step_secs);
     }
     let mut rng = SmallRng::from_os_rng();
     let sources = (0..args.sockets)
@@ -154,18 +162,25 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         .collect::<io::Result<Vec<_>>>()
         .context("binding the contact sockets on 127.0.0.1")?;
     let stop = AtomicBool::new(false);
+    let seeded = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        let responder = scope.spawn(|| seed_and_answer(&contacts, args.target, &stop));
+        let responder = scope.spawn(|| seed_and_answer(&contacts, args.target, &seeded, &stop));
+        let seeding_started = Instant::now();
+        while seeded.load(Ordering::SeqCst) < contacts.len()
+            && seeding_started.elapsed() < SEEDING_TIME
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let steps = run_steps(args, &sources);
         stop.store(true, Ordering::SeqCst);
-        let (seeded, seed_pings_answered) = responder.join().expect("the responder thread ended");
+        let seed_pings_answered = responder.join().expect("the responder thread ended");
         let steps = steps?;
         let best = steps.iter().max_by(|a, b| rate_of(a).total_cmp(&rate_of(b))).cloned();
         Ok(json!({
             "label": args.label,
             "target": args.target.to_string(),
             "seed_contacts": args.seed_contacts,
-            "seed_contacts_answered": seeded,
+            "seed_contacts_answered": seeded.load(Ordering::SeqCst),
             "pings_from_node_answered_by_contacts": seed_pings_answered,
             "sockets": args.sockets,
             "step_seconds": args.step_secs,
@@ -220,9 +235,14 @@ fn wait_until_answering(
 }
 
 /// Pings the node once from every contact socket (again every second until it answered), and
-/// answers the node's pings on them until `stop`. Returns the contacts the node answered and
-/// the pings answered on its behalf.
-fn seed_and_answer(contacts: &[Source], target: SocketAddr, stop: &AtomicBool) -> (usize, u64) {
+/// answers the node's pings on them until `stop`. Counts the contacts whose ping the node
+/// answered in `seeded`; returns the pings answered on the node's behalf.
+fn seed_and_answer(
+    contacts: &[Source],
+    target: SocketAddr,
+    seeded_count: &AtomicUsize,
+    stop: &AtomicBool,
+) -> u64 {
     let mut rng = SmallRng::from_os_rng();
     let mut awaiting: HashMap<usize, MessageId> = HashMap::new();
     let mut last_sent = Instant::now() - Duration::from_secs(1);
@@ -253,6 +273,7 @@ fn seed_and_answer(contacts: &[Source], target: SocketAddr, stop: &AtomicBool) -
                     }
                     Ok(Datagram::Response { id, .. }) if awaiting.get(&index) == Some(&id) => {
                         seeded.insert(index);
+                        seeded_count.store(seeded.len(), Ordering::SeqCst);
                     }
                     _ => {}
                 }
@@ -262,13 +283,11 @@ fn seed_and_answer(contacts: &[Source], target: SocketAddr, stop: &AtomicBool) -
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    (seeded.len(), pings_answered)
+    pings_answered
 }
 
 /// One closed-loop step per `--outstanding` value, all sockets at once; a JSON object each.
 fn run_steps(args: &Args, sources: &[Source]) -> anyhow::Result<Vec<serde_json::Value>> {
-    // Give the contact pings time to land before the first step counts anything.
-    std::thread::sleep(Duration::from_millis(500));
     let step = Duration::from_secs_f64(args.step_secs);
     let loss_timeout = Duration::from_millis(args.loss_timeout_ms);
     let mut steps = Vec::new();
@@ -285,6 +304,7 @@ fn run_steps(args: &Args, sources: &[Source]) -> anyhow::Result<Vec<serde_json::
         let counts = drive(&mut lanes, args.target, deadline, loss_timeout, sample_contacts)?;
         let seconds = step.as_secs_f64();
         let cpu_after = args.server_pid.map(process_cpu_seconds).transpose()?;
+        drain(&mut lanes);
         let server_cpu = cpu_before.zip(cpu_after).map(|(before, after)| after - before);
         let per_second = counts.answers as f64 / seconds;
         let per_cpu_second =
@@ -335,7 +355,7 @@ impl<'a> Lane<'a> {
     }
 }
 
-/// The closed loop of every lane until `deadline`, then the drain of answers still in flight.
+/// The closed loop of every lane until `deadline`.
 /// One thread polls every socket without blocking: a generator blocked in `recv` would make
 /// the node pay for waking it up on every answer it sends, a cost no remote client imposes.
 fn drive(
@@ -394,6 +414,12 @@ fn drive(
             }
         }
     }
+    Ok(counts)
+}
+
+/// Waits for the answers still in flight, so that they do not count in the next step.
+fn drain(lanes: &mut [Lane]) {
+    let mut buffer = [0u8; 65536];
     let drain_until = Instant::now() + DRAIN_TIME;
     while lanes.iter().any(|lane| !lane.outstanding.is_empty()) && Instant::now() < drain_until {
         for lane in lanes.iter_mut() {
@@ -404,7 +430,6 @@ fn drive(
             }
         }
     }
-    Ok(counts)
 }
 
 /// Counts one received datagram; `Some` when it answered an outstanding request (valid or
