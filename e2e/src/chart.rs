@@ -33,10 +33,12 @@ static RELEASE: OnceCell<Release> = OnceCell::const_new();
 
 /// Installs the chart the first time it is called in this process and returns the release.
 ///
-/// Any release and CRD left by an earlier run are removed first: helm never upgrades a CRD, and
-/// the suite must test the chart's current one. The chart's own operator Deployment is scaled
-/// to zero, because the operator under test runs as local processes (on kind, an in-cluster
-/// replica would compete for the DhtClusters).
+/// A release left by an earlier run is uninstalled first, so every run really installs. Helm
+/// installs the chart's CRD only where none exists and never upgrades one, so the CRD is then
+/// server-side applied from the chart, which keeps a reused cluster on the chart's current schema
+/// without deleting the CRD (and with it every DhtCluster on the cluster). The chart's own
+/// operator Deployment is scaled to zero: the operator under test runs as local processes (on
+/// kind, an in-cluster replica would compete for the DhtClusters).
 pub async fn install_once(cluster: &Cluster) -> Result<&'static Release> {
     RELEASE.get_or_try_init(|| install(cluster)).await
 }
@@ -52,9 +54,6 @@ async fn install(cluster: &Cluster) -> Result<Release> {
         run(&helm, ["uninstall", RELEASE_NAME, "-n", RELEASE_NAMESPACE, "--wait"], helm_timeout)
             .await?;
     }
-    kubectl(["delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=120s"])
-        .await
-        .context("removing the DhtCluster CRD of an earlier run")?;
     eprintln!("e2e: helm install {RELEASE_NAME} {} -n {RELEASE_NAMESPACE}", chart.display());
     let chart = chart.to_string_lossy().into_owned();
     run(
@@ -76,6 +75,17 @@ async fn install(cluster: &Cluster) -> Result<Release> {
     )
     .await
     .context("helm install of charts/kadscale")?;
+    let crd_file = repo_root().join("charts/kadscale/crds/dhtcluster.yaml");
+    kubectl([
+        "apply".as_ref(),
+        "--server-side".as_ref(),
+        "--force-conflicts".as_ref(),
+        "--field-manager=kadscale-e2e".as_ref(),
+        "-f".as_ref(),
+        crd_file.as_os_str(),
+    ])
+    .await
+    .context("bringing the DhtCluster CRD up to the chart's")?;
 
     let crds = Api::<CustomResourceDefinition>::all(cluster.client.clone());
     until("the DhtCluster CRD to be Established", Duration::from_secs(60), || async {
