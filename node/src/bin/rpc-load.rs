@@ -161,6 +161,10 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         .map(|_| Source::bind(NodeId(contact_rng.random())))
         .collect::<io::Result<Vec<_>>>()
         .context("binding the contact sockets on 127.0.0.1")?;
+    // Non-blocking: one thread sweeps every contact socket.
+    for contact in &contacts {
+        contact.socket.set_nonblocking(true).context("making a contact socket non-blocking")?;
+    }
     let stop = AtomicBool::new(false);
     let seeded = AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -247,10 +251,6 @@ fn seed_and_answer(
     let mut awaiting: HashMap<usize, MessageId> = HashMap::new();
     let mut last_sent = Instant::now() - Duration::from_secs(1);
     let mut pings_answered = 0;
-    for contact in contacts {
-        // Non-blocking: one thread sweeps every contact socket.
-        let _ = contact.socket.set_nonblocking(true);
-    }
     let mut buffer = [0u8; 2048];
     let mut seeded: HashSet<usize> = HashSet::new();
     while !stop.load(Ordering::SeqCst) {
