@@ -9,7 +9,13 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 out="${1:-target/image/kadscale-$version.oci.tar}"
 target=x86_64-unknown-linux-musl
 
-command -v umoci >/dev/null || { echo "umoci missing: apt-get install -y umoci" >&2; exit 1; }
+# umoci v0.5.0, built from its Go module into the control plane's cache (Debian's 0.4.7 writes
+# layer tars without their end-of-archive marker).
+e2e/controlplane/build.sh umoci >/dev/null
+source e2e/controlplane/common.sh
+umoci="$(controlplane_binary_path umoci)"
+# ring compiles C for the musl target.
+command -v musl-gcc >/dev/null || { echo "musl-gcc missing: apt-get install -y musl-tools" >&2; exit 1; }
 rustup target list --installed 2>/dev/null | grep -qx "$target" || rustup target add "$target"
 
 echo "image: building static binaries for $target (release)"
@@ -24,10 +30,10 @@ install -m 0755 "target/$target/release/dht-node" "target/$target/release/dht-op
 
 echo "image: assembling OCI layout kadscale:$version"
 layout="$work/layout"
-umoci init --layout "$layout"
-umoci new --image "$layout:$version"
-umoci insert --image "$layout:$version" --history.created_by "image/build-oci.sh" "$work/rootfs" /
-umoci config --image "$layout:$version" \
+"$umoci" init --layout "$layout"
+"$umoci" new --image "$layout:$version"
+"$umoci" insert --image "$layout:$version" --history.created_by "image/build-oci.sh" "$work/rootfs" /
+"$umoci" config --image "$layout:$version" \
   --config.user 65532:65532 \
   --config.entrypoint /usr/local/bin/dht-node \
   --config.env PATH=/usr/local/bin \
@@ -35,7 +41,7 @@ umoci config --image "$layout:$version" \
   --config.label "org.opencontainers.image.title=kadscale" \
   --config.label "org.opencontainers.image.version=$version" \
   --architecture amd64 --os linux
-umoci gc --layout "$layout"
+"$umoci" gc --layout "$layout"
 mkdir -p "$(dirname "$out")"
 tar -C "$layout" -cf "$out" .
 echo "image: wrote $out ($(du -h "$out" | cut -f1))"

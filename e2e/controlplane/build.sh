@@ -128,6 +128,11 @@ build_one() {
       install_version="$HELM_VERSION"
       ldflags="$(helm_ldflags)"
       ;;
+    umoci)
+      package="github.com/opencontainers/umoci/cmd/umoci"
+      install_version="$UMOCI_VERSION"
+      ldflags="-s -w"
+      ;;
   esac
   key="$name $version ldflags=[$ldflags]"
   if [[ -n "$workdir" ]]; then

@@ -12,6 +12,9 @@ KUBERNETES_VERSION="v1.33.13"
 ETCD_VERSION="v3.5.21"
 KWOK_VERSION="v0.7.0"
 HELM_VERSION="v3.19.5"
+# umoci builds the OCI image without Docker; Debian's 0.4.7 writes layer tars without their
+# end-of-archive marker (fixed in 0.5.0), so it is built from its Go module like the rest.
+UMOCI_VERSION="v0.5.0"
 
 KADSCALE_CACHE="${KADSCALE_CACHE:-$HOME/.cache/kadscale}"
 
@@ -27,6 +30,7 @@ controlplane_binary_version() {
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
+    umoci) echo "$UMOCI_VERSION" ;;
     *)
       echo "unknown control plane binary: $1" >&2
       return 1
@@ -34,7 +38,7 @@ controlplane_binary_version() {
   esac
 }
 
-CONTROLPLANE_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm)
+CONTROLPLANE_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm umoci)
 
 # Run directory (gitignored): kubeconfig, env file, links to the binaries, state and logs.
 RUN_DIR="${KADSCALE_RUN_DIR:-$REPO_ROOT/e2e/.run}"

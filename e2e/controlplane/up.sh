@@ -207,6 +207,7 @@ EOF
     --kubeconfig "$kwok_kubeconfig" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds 40 \
     --server-address "127.0.0.1:$KWOK_PORT"
 
   wait_until "kube-controller-manager /healthz" kube-controller-manager 60 \

@@ -194,6 +194,7 @@ async fn scale_down_waits_for_the_stabilization_window() -> Result<()> {
         status.scale_down_pending_since.is_some(),
         "status.scaleDownPendingSince during the window"
     );
+    assert_eq!(status.tier.as_deref(), Some("xlarge"), "status.tier is the tier in force");
 
     dht.wait_settled(SMALL_10, WINDOW + SETTLE_TIMEOUT).await?;
     operator.ensure_running()?;

@@ -264,7 +264,8 @@ impl Default for TierPolicy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TierPlan {
     pub workers: u32,
-    /// The tier whose worker range holds the worker count (or the fixed tier).
+    /// The tier in force: the worker count's tier (or the fixed tier), except while a
+    /// scale-down waits out its window, when it is still the tier being left.
     pub tier: Tier,
     /// Bootstrap replicas to run now, after stabilization.
     pub bootstrap_replicas: u32,
@@ -318,13 +319,14 @@ impl TierPolicy {
     /// `scale_down_stabilization`, measured from `previous.scale_down_pending_since`, so a
     /// restart of the caller (which keeps the previous plan in status) forgets nothing.
     pub fn plan(&self, workers: u32, previous: Option<&TierPlan>, now: SystemTime) -> TierPlan {
-        let (tier, target) = self.target(workers);
-        let (replicas, pending_since, reason) = match previous {
+        let (target_tier, target) = self.target(workers);
+        let (tier, replicas, pending_since, reason) = match previous {
             Some(prev) if target < prev.bootstrap_replicas => {
                 let since = prev.scale_down_pending_since.unwrap_or(now);
                 let waited = now.duration_since(since).unwrap_or_default();
                 if waited >= self.scale_down_stabilization {
                     (
+                        target_tier,
                         target,
                         None,
                         format!(
@@ -335,6 +337,7 @@ impl TierPolicy {
                 } else {
                     let left = self.scale_down_stabilization - waited;
                     (
+                        prev.tier,
                         prev.bootstrap_replicas,
                         Some(since),
                         format!(
@@ -346,10 +349,11 @@ impl TierPolicy {
                 }
             }
             _ => (
+                target_tier,
                 target,
                 None,
                 format!(
-                    "{workers} workers: tier {tier} ({} strategy) gives {target} bootstrap nodes",
+                    "{workers} workers: tier {target_tier} ({} strategy) gives {target} bootstrap nodes",
                     self.strategy
                 ),
             ),
@@ -467,11 +471,12 @@ mod tests {
         assert_eq!(waiting.bootstrap_replicas, 6);
         assert_eq!(waiting.target_bootstrap_replicas, 2);
         assert_eq!(waiting.scale_down_pending_since, Some(t(100)));
+        assert_eq!(waiting.tier, Tier::Xlarge, "the tier in force until the window ends");
         let still = policy.plan(10, Some(&waiting), t(399));
         assert_eq!(still.bootstrap_replicas, 6);
         assert_eq!(still.scale_down_pending_since, Some(t(100)));
         let done = policy.plan(10, Some(&still), t(400));
-        assert_eq!(done.bootstrap_replicas, 2);
+        assert_eq!((done.tier, done.bootstrap_replicas), (Tier::Small, 2));
         assert_eq!(done.scale_down_pending_since, None);
     }
 
