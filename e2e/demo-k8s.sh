@@ -72,7 +72,7 @@ done
 
 step "events"
 kubectl -n "$ns" get events --field-selector involvedObject.kind=DhtCluster \
-  -o custom-columns=REASON:.reason,MESSAGE:.note --sort-by=.metadata.creationTimestamp 2>/dev/null |
+  -o custom-columns=REASON:.reason,MESSAGE:.message --sort-by=.metadata.creationTimestamp 2>/dev/null |
   tail -12 || true
 echo
 echo "demo done: the cluster is still up (just cluster-down stops it)."
