@@ -79,8 +79,66 @@ struct Inner {
     extensions: RwLock<HashMap<String, ExtensionHandler>>,
     /// Contacts being pinged because their bucket is full: at most one ping each.
     pinging: Mutex<HashSet<NodeId>>,
+    hand_overs: Mutex<HandOvers>,
     metrics: Metrics,
     shutdown: CancellationToken,
+}
+
+/// An address gets at most one hand-over (and one verification ping) per this interval, however
+/// many ids it claims and however often it writes while it waits outside the buckets.
+const HAND_OVER_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Most values stored at one newcomer per hand-over.
+const MAX_HAND_OVER_STORES: usize = 256;
+
+/// Most verification pings awaiting an answer at once; newcomers beyond wait for their next
+/// request.
+const MAX_VERIFICATIONS_IN_FLIGHT: usize = 64;
+
+/// Most addresses remembered for [`HAND_OVER_INTERVAL`]; when all are recent, no hand-over
+/// starts until some expire.
+const MAX_TRACKED_NEWCOMERS: usize = 16_384;
+
+/// How a contact's address is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Address {
+    /// It answered a call this node sent there: a spoofed source cannot.
+    Verified,
+    /// Only the source address of a request: anyone can forge it.
+    Claimed,
+}
+
+/// Which addresses were lately handed values (or checked for them), and how many verification
+/// pings are out: the bounds that keep the hand-over from being an amplifier.
+#[derive(Default)]
+struct HandOvers {
+    started: HashMap<SocketAddr, Instant>,
+    verifying: usize,
+}
+
+impl HandOvers {
+    /// Claims a hand-over to `addr` (verifying it first when `address` is only claimed); false
+    /// when one started within the interval or the bounds are reached.
+    fn claim(&mut self, addr: SocketAddr, address: Address, now: Instant) -> bool {
+        if address == Address::Claimed && self.verifying >= MAX_VERIFICATIONS_IN_FLIGHT {
+            return false;
+        }
+        let recent = |at: &Instant| now.duration_since(*at) < HAND_OVER_INTERVAL;
+        if self.started.get(&addr).is_some_and(recent) {
+            return false;
+        }
+        if self.started.len() >= MAX_TRACKED_NEWCOMERS {
+            self.started.retain(|_, at| recent(at));
+            if self.started.len() >= MAX_TRACKED_NEWCOMERS {
+                return false;
+            }
+        }
+        self.started.insert(addr, now);
+        if address == Address::Claimed {
+            self.verifying += 1;
+        }
+        true
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +173,7 @@ impl Node {
                 )),
                 extensions: RwLock::new(HashMap::new()),
                 pinging: Mutex::new(HashSet::new()),
+                hand_overs: Mutex::new(HandOvers::default()),
                 metrics,
                 shutdown: CancellationToken::new(),
                 config,
@@ -229,7 +288,7 @@ impl Node {
             Err(error) => Err(error),
         };
         match &result {
-            Ok(_) => self.welcome_if_new(contact),
+            Ok(_) => self.welcome_if_new(contact, Address::Verified),
             // Local conditions say nothing about the peer.
             Err(RpcError::TooManyCalls { .. } | RpcError::TooLarge { .. } | RpcError::Closed) => {}
             Err(error) => {
@@ -356,7 +415,7 @@ impl Node {
     /// Adds a contact known to be alive to the routing table (and hands it the values it
     /// should hold), as an answer from it would.
     pub fn add_contact(&self, contact: Contact) {
-        self.welcome_if_new(contact);
+        self.welcome_if_new(contact, Address::Verified);
     }
 
     /// Stores `value` under the digest `key` on the k closest nodes (and here when this node
@@ -415,41 +474,98 @@ impl Node {
 
     // ---- the routing table's upkeep -----------------------------------------------------
 
-    /// Python's `welcome_if_new`: a contact never seen before joins the routing table and
-    /// gets the stored values it is now among the closest holders of. Unlike Python, values
-    /// go only to contacts that made it into a bucket, not to every id a datagram claims,
-    /// so that a flood of made-up ids cannot turn this node into an amplifier.
-    fn welcome_if_new(&self, contact: Contact) {
-        match self.with_table(|table| table.add(contact)) {
-            Insert::Added => {
-                if !lock(&self.inner.storage).is_empty() {
-                    let node = self.clone();
-                    tokio::spawn(async move { node.hand_over_values(contact).await });
+    /// Python's `welcome_if_new`: a contact not in the routing table gets the stored values it
+    /// is now among the closest holders of, and joins the table. Unlike Python, values go only
+    /// to an address that answered a call from this node (a claimed one is pinged first), at
+    /// most once per address per [`HAND_OVER_INTERVAL`], so that requests with forged source
+    /// addresses or made-up ids cannot turn this node into an amplifier.
+    fn welcome_if_new(&self, contact: Contact, address: Address) {
+        if contact.id != self.id()
+            && lock(&self.inner.table).is_new(&contact.id)
+            && !lock(&self.inner.storage).is_empty()
+            && lock(&self.inner.hand_overs).claim(contact.addr, address, Instant::now())
+        {
+            // Decided before the contact enters the table, as in Python: newcomers that arrive
+            // together must not hide each other (each closer than this node stops the others).
+            let values = self.values_for(&contact);
+            if values.is_empty() {
+                if address == Address::Claimed {
+                    lock(&self.inner.hand_overs).verifying -= 1;
                 }
+            } else {
+                let node = self.clone();
+                tokio::spawn(async move { node.hand_over_values(contact, address, values).await });
             }
+        }
+        match self.with_table(|table| table.add(contact)) {
             Insert::BucketFull { least_recent } => self.check_least_recent(least_recent),
-            Insert::Refreshed | Insert::OwnId => {}
+            Insert::Added | Insert::Refreshed | Insert::OwnId => {}
         }
     }
 
-    /// Stores at a new contact every value for which it is closer than the farthest other
-    /// holder while this node is closer than the closest one (section 2.5 of the paper).
-    async fn hand_over_values(&self, newcomer: Contact) {
-        let entries = lock(&self.inner.storage).entries();
-        let k = self.inner.config.k;
-        for (key, value) in entries {
-            let neighbors = lock(&self.inner.table).closest(&key, k, Some(newcomer.addr));
-            let deserves = match (neighbors.first(), neighbors.last()) {
-                (Some(closest), Some(farthest)) => {
-                    newcomer.id.distance(&key) < farthest.id.distance(&key)
-                        && self.id().distance(&key) < closest.id.distance(&key)
-                }
-                _ => true,
-            };
-            if deserves {
-                self.store_on(newcomer, key, value).await;
+    /// Stores at a newcomer every value for which it is closer than the farthest of this node's
+    /// k closest contacts while this node is closer than the closest of them (section 2.5 of
+    /// the paper), after checking with a ping that a claimed address is the newcomer's.
+    async fn hand_over_values(
+        &self,
+        newcomer: Contact,
+        address: Address,
+        values: Vec<(NodeId, Value)>,
+    ) {
+        if address == Address::Claimed {
+            let timeout = self.inner.config.rpc_timeout;
+            let answer = self.ping(newcomer.addr, timeout).await.ok();
+            lock(&self.inner.hand_overs).verifying -= 1;
+            if answer != Some(newcomer.id) {
+                return;
             }
         }
+        for (key, value) in values {
+            if !self.store_on(newcomer, key, value).await {
+                // It is gone or refuses: the rest would fail alike.
+                return;
+            }
+        }
+    }
+
+    /// Stores a value this node just received at its one contact closer to the key, if any.
+    /// Hand-overs alone lose values when many nodes join at once: a holder stops handing over
+    /// once it knows a closer node, though that node may have joined before the holder got the
+    /// value. Passing each new value one step closer walks it to the closest node, which then
+    /// hands it to later newcomers; one store out per value in keeps this from amplifying.
+    fn pass_on_closer(&self, key: NodeId, value: Value, from: SocketAddr) {
+        let own = self.id().distance(&key);
+        let closer: Vec<Contact> = lock(&self.inner.table)
+            .closest(&key, self.inner.config.k, Some(from))
+            .into_iter()
+            .filter(|contact| contact.id.distance(&key) < own)
+            .collect();
+        for contact in closer {
+            let node = self.clone();
+            let value = value.clone();
+            tokio::spawn(async move { node.store_on(contact, key, value).await });
+        }
+    }
+
+    /// The stored values `newcomer` should hold too, at most [`MAX_HAND_OVER_STORES`].
+    fn values_for(&self, newcomer: &Contact) -> Vec<(NodeId, Value)> {
+        let entries = lock(&self.inner.storage).entries();
+        let k = self.inner.config.k;
+        let table = lock(&self.inner.table);
+        entries
+            .into_iter()
+            .filter(|(key, _)| {
+                let neighbors = table.closest(key, k, Some(newcomer.addr));
+                match (neighbors.first(), neighbors.last()) {
+                    (Some(closest), Some(farthest)) => {
+                        newcomer.id.distance(key) < farthest.id.distance(key)
+                            && self.id().distance(key) < closest.id.distance(key)
+                    }
+                    _ => true,
+                }
+            })
+            .take(MAX_HAND_OVER_STORES)
+            .collect()
     }
 
     /// A full bucket's least recently seen contact is pinged; if it is gone, the newest
@@ -501,16 +617,22 @@ impl Node {
 impl RequestHandler for Node {
     fn handle(&self, from: SocketAddr, request: Request) -> Option<Response> {
         if let Some(sender) = request.sender() {
-            self.welcome_if_new(Contact { id: sender, addr: from });
+            self.welcome_if_new(Contact { id: sender, addr: from }, Address::Claimed);
         }
         let k = self.inner.config.k;
         match request {
             Request::Stun => Some(Response::Stun(from)),
             Request::Ping { .. } => Some(Response::Ping(self.id())),
             Request::Store { key, value, .. } => {
-                let stored = self.with_storage(|storage| storage.put(key, value, Instant::now()));
-                if let Err(error) = &stored {
-                    tracing::debug!(%from, %error, "refused a value");
+                let now = Instant::now();
+                let (was_new, stored) = self.with_storage(|storage| {
+                    let was_new = storage.get(&key, now).as_ref() != Some(&value);
+                    (was_new, storage.put(key, value.clone(), now))
+                });
+                match &stored {
+                    Err(error) => tracing::debug!(%from, %error, "refused a value"),
+                    Ok(()) if was_new => self.pass_on_closer(key, value, from),
+                    Ok(()) => {}
                 }
                 Some(Response::Stored(stored.is_ok()))
             }

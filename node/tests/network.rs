@@ -242,3 +242,92 @@ async fn a_contact_that_stops_answering_is_evicted() {
     assert!(eventually(|| a.routing_table_len() == 0).await, "the silent contact stayed");
     a.shutdown();
 }
+
+/// A raw UDP socket posing as a node: it claims an id in requests and answers pings with
+/// another one, as a victim whose address was forged would.
+struct Impostor {
+    socket: tokio::net::UdpSocket,
+}
+
+impl Impostor {
+    async fn bind() -> Impostor {
+        Impostor { socket: tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap() }
+    }
+
+    async fn send(&self, to: SocketAddr, request: &kadscale_node::codec::Request) {
+        let datagram = kadscale_node::codec::encode_request(&[7; 20], request);
+        self.socket.send_to(&datagram, to).await.unwrap();
+    }
+
+    /// Every request that arrives within `window`, each ping answered with `ping_id`.
+    async fn requests(
+        &self,
+        window: Duration,
+        ping_id: kadscale_node::id::NodeId,
+    ) -> Vec<kadscale_node::codec::Request> {
+        use kadscale_node::codec::{decode_datagram, encode_response, Datagram, Request, Response};
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 65536];
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Ok((len, from))) =
+            tokio::time::timeout_at(deadline, self.socket.recv_from(&mut buffer)).await
+        {
+            if let Ok(Datagram::Request { id, request }) = decode_datagram(&buffer[..len]) {
+                if matches!(request, Request::Ping { .. }) {
+                    let answer = encode_response(&id, &Response::Ping(ping_id));
+                    self.socket.send_to(&answer, from).await.unwrap();
+                }
+                received.push(request);
+            }
+        }
+        received
+    }
+}
+
+/// A node holding `value` under `key`, with one peer; its id is next to the key, so that it
+/// is the closest holder and hands the value to newcomers closer still.
+async fn holder_of(key: kadscale_node::id::NodeId, value: Value) -> [Node; 2] {
+    let mut next_to_key = key.0;
+    next_to_key[19] ^= 2;
+    let id = kadscale_node::id::NodeId(next_to_key);
+    let holder = start_with(NodeConfig { node_id: Some(id), ..config() }).await;
+    let peer = start().await;
+    peer.bootstrap(&[holder.local_addr()]).await;
+    holder.set(key, value).await.unwrap();
+    [holder, peer]
+}
+
+#[tokio::test]
+async fn values_go_to_newcomers_whose_address_answers_for_their_id_and_to_no_one_else() {
+    use kadscale_node::codec::Request;
+    let key = key_digest(b"guarded");
+    let request = Request::FindNode { sender: key, key };
+
+    // Claims the id of the key from an address that answers pings as someone else: one
+    // verification ping however often it writes, never a store.
+    let spoofed = holder_of(key, Value::Str("v".into())).await;
+    let impostor = Impostor::bind().await;
+    for _ in 0..3 {
+        impostor.send(spoofed[0].local_addr(), &request).await;
+    }
+    let seen = impostor.requests(Duration::from_secs(1), key_digest(b"someone else")).await;
+    let pings = seen.iter().filter(|request| matches!(request, Request::Ping { .. })).count();
+    assert_eq!(pings, 1, "one verification ping per address: {seen:?}");
+    assert!(
+        !seen.iter().any(|request| matches!(request, Request::Store { .. })),
+        "a value went to an address that did not answer for the id: {seen:?}"
+    );
+
+    // An address that answers for the id it claims is handed the value.
+    let verified = holder_of(key, Value::Str("v".into())).await;
+    let newcomer = Impostor::bind().await;
+    newcomer.send(verified[0].local_addr(), &request).await;
+    let seen = newcomer.requests(Duration::from_secs(1), key).await;
+    let stores: Vec<_> =
+        seen.iter().filter(|request| matches!(request, Request::Store { .. })).collect();
+    assert_eq!(stores.len(), 1, "{seen:?}");
+    assert!(matches!(stores[0], Request::Store { key: stored, .. } if *stored == key));
+    for node in spoofed.iter().chain(&verified) {
+        node.shutdown();
+    }
+}
