@@ -534,16 +534,12 @@ impl Node {
     /// value. Passing each new value one step closer walks it to the closest node, which then
     /// hands it to later newcomers; one store out per value in keeps this from amplifying.
     fn pass_on_closer(&self, key: NodeId, value: Value, from: SocketAddr) {
-        let own = self.id().distance(&key);
-        let closer: Vec<Contact> = lock(&self.inner.table)
-            .closest(&key, self.inner.config.k, Some(from))
-            .into_iter()
-            .filter(|contact| contact.id.distance(&key) < own)
-            .collect();
-        for contact in closer {
+        let Some(closest) = lock(&self.inner.table).closest(&key, 1, Some(from)).pop() else {
+            return;
+        };
+        if closest.id.distance(&key) < self.id().distance(&key) {
             let node = self.clone();
-            let value = value.clone();
-            tokio::spawn(async move { node.store_on(contact, key, value).await });
+            tokio::spawn(async move { node.store_on(closest, key, value).await });
         }
     }
 
