@@ -64,6 +64,15 @@ async def dht_node_get_failures(nodes, expected):
     return failures
 
 
+def ready_dht_node_network(procs):
+    """A dht-node bootstrap and a dht-node worker joined through it, both ready."""
+    bootstrap = procs.dht_node("bootstrap")
+    bootstrap.wait_ready()
+    worker = procs.dht_node("worker", bootstrap=[bootstrap.addr])
+    worker.wait_ready()
+    return bootstrap, worker
+
+
 def test_values_set_by_python_are_found_by_dht_node(procs):
     expected = {f"py-{name}": value for name, value in VALUES.items()}
 
@@ -87,10 +96,7 @@ def test_values_set_by_python_are_found_by_dht_node(procs):
 
 def test_values_put_by_dht_node_are_found_by_python(procs):
     expected = {f"rs-{name}": value for name, value in VALUES.items()}
-    bootstrap = procs.dht_node("bootstrap")
-    bootstrap.wait_ready()
-    worker = procs.dht_node("worker", bootstrap=[bootstrap.addr])
-    worker.wait_ready()
+    bootstrap, worker = ready_dht_node_network(procs)
 
     async def scenario():
         async with PythonNodes() as nodes:
@@ -121,10 +127,7 @@ def test_values_put_by_dht_node_are_found_by_python(procs):
 
 def test_values_set_by_python_on_a_dht_node_network_are_found_by_dht_node(procs):
     expected = {f"py-on-rs-{name}": value for name, value in VALUES.items()}
-    bootstrap = procs.dht_node("bootstrap")
-    bootstrap.wait_ready()
-    worker = procs.dht_node("worker", bootstrap=[bootstrap.addr])
-    worker.wait_ready()
+    bootstrap, worker = ready_dht_node_network(procs)
 
     async def scenario():
         async with PythonNodes() as nodes:
