@@ -368,7 +368,7 @@ pub fn node_args(id: &ClusterIdentity, settings: &Settings, role: Role) -> Vec<S
         ("--bootstrap-dns", id.bootstrap_dns(port)),
         ("--k", node.k.to_string()),
         ("--alpha", node.alpha.to_string()),
-        ("--selection-strategy", node.selection_strategy.flag_value().into()),
+        ("--selection-strategy", node.selection_strategy.name().into()),
         ("--health-check-interval", node.health_check_interval_seconds.to_string()),
         ("--failure-threshold", node.failure_threshold.to_string()),
         ("--connection-timeout", node.connection_timeout_seconds.to_string()),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+pub use kadscale_node::bootstrap::selection::SelectionStrategy;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -494,33 +495,6 @@ impl Default for NodeSpec {
             fallback: FallbackSpec::default(),
             load_balancing: LoadBalancingSpec::default(),
             log_format: LogFormat::default(),
-        }
-    }
-}
-
-/// How a worker picks the bootstrap node to join through.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SelectionStrategy {
-    /// Each join goes to the next endpoint in turn.
-    #[default]
-    RoundRobin,
-    /// The endpoint reporting the least load.
-    LeastLoaded,
-    /// The first healthy endpoint in pod-ordinal order.
-    Priority,
-    /// A random healthy endpoint.
-    Random,
-}
-
-impl SelectionStrategy {
-    /// The value of `dht-node --selection-strategy`.
-    pub fn flag_value(self) -> &'static str {
-        match self {
-            SelectionStrategy::RoundRobin => "round_robin",
-            SelectionStrategy::LeastLoaded => "least_loaded",
-            SelectionStrategy::Priority => "priority",
-            SelectionStrategy::Random => "random",
         }
     }
 }

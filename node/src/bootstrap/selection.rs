@@ -12,7 +12,13 @@ use std::str::FromStr;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// How a worker picks the bootstrap node to join through. Serde names match `name()`, which is
+/// also the `--selection-strategy` flag value, so the operator's CRD embeds this type as is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum SelectionStrategy {
     /// Take turns through the pool.
     #[default]
