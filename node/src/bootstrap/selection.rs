@@ -215,6 +215,16 @@ mod tests {
         assert!(error.to_string().contains("\"fastest\""), "{error}");
     }
 
+    /// The operator's CRD stores the serde name and passes `name()` as the flag: they must agree.
+    #[test]
+    fn serde_names_are_the_flag_names() {
+        for strategy in SelectionStrategy::ALL {
+            let json = serde_json::to_value(strategy).unwrap();
+            assert_eq!(json, strategy.name());
+            assert_eq!(serde_json::from_value::<SelectionStrategy>(json).unwrap(), strategy);
+        }
+    }
+
     /// (what the table row shows, candidates, count, expected first selection of a fresh
     /// selector) for the deterministic strategies.
     type Row = (&'static str, Vec<Candidate>, usize, Vec<usize>);
