@@ -205,18 +205,8 @@ async fn reconcile_cluster(cluster: &DhtCluster, ctx: &Context) -> Result<Action
         worker_replicas: count(worker_status.replicas),
         worker_ready: count(worker_status.ready_replicas),
     };
-    let next = status::compute(
-        &Reconciled {
-            generation: cluster.metadata.generation,
-            settings: &settings,
-            plan: &decision.plan,
-            workers: &decision.workers,
-            children,
-            selector: id.worker_selector(),
-        },
-        previous,
-        now,
-    );
+    let reconciled = Reconciled::new(cluster, &id, &settings, &decision, children);
+    let next = status::compute(&reconciled, previous, now);
     status::write(&cluster_api(cluster, ctx), &ctx.recorder, cluster, &next).await?;
     Ok(Action::requeue(decision.requeue_after.unwrap_or(RESYNC)))
 }

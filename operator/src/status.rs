@@ -11,8 +11,9 @@ use kube::Resource;
 use serde_json::json;
 
 use crate::apply::{ApiError, FIELD_MANAGER};
+use crate::builders::ClusterIdentity;
 use crate::crd::{DhtCluster, DhtClusterStatus};
-use crate::plan::{record_plan, saturating_i32, WorkerGate, WorkerPlan};
+use crate::plan::{record_plan, saturating_i32, Decision, WorkerGate, WorkerPlan};
 use crate::time::to_time;
 use crate::validate::Settings;
 
@@ -41,6 +42,27 @@ pub struct Reconciled<'a> {
     pub workers: &'a WorkerPlan,
     pub children: ChildrenStatus,
     pub selector: String,
+}
+
+impl<'a> Reconciled<'a> {
+    /// What the reconcile of `cluster` (identified as `id`) decided, with what its children
+    /// reported once applied.
+    pub fn new(
+        cluster: &DhtCluster,
+        id: &ClusterIdentity,
+        settings: &'a Settings,
+        decision: &'a Decision,
+        children: ChildrenStatus,
+    ) -> Self {
+        Reconciled {
+            generation: cluster.metadata.generation,
+            settings,
+            plan: &decision.plan,
+            workers: &decision.workers,
+            children,
+            selector: id.worker_selector(),
+        }
+    }
 }
 
 /// The status after a successful reconcile. Conditions keep their `lastTransitionTime` while
@@ -362,9 +384,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::builders::ClusterIdentity;
     use crate::crd::DEFAULT_IMAGE;
-    use crate::plan::{decide, Decision, Observed};
+    use crate::plan::{decide, Observed};
     use crate::validate::validate;
 
     fn t(secs: u64) -> SystemTime {
@@ -395,14 +416,7 @@ spec:
         let id = ClusterIdentity::of(cluster).unwrap();
         let settings = validate(&cluster.spec, DEFAULT_IMAGE).unwrap();
         let decision = decide(&id, &settings, previous, observed, now);
-        let input = Reconciled {
-            generation: cluster.metadata.generation,
-            settings: &settings,
-            plan: &decision.plan,
-            workers: &decision.workers,
-            children,
-            selector: id.worker_selector(),
-        };
+        let input = Reconciled::new(cluster, &id, &settings, &decision, children);
         let status = compute(&input, previous, now);
         (decision, status)
     }
