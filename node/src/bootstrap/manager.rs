@@ -837,6 +837,12 @@ mod tests {
         manager_with(net, discovery, TableResolver::default(), config)
     }
 
+    /// The manager's loop in a task of its own, as a node runs it.
+    fn spawn_run(manager: &Arc<Manager>) -> tokio::task::JoinHandle<()> {
+        let manager = Arc::clone(manager);
+        tokio::spawn(async move { manager.run().await })
+    }
+
     fn priority_config() -> ManagerConfig {
         ManagerConfig { strategy: SelectionStrategy::Priority, ..ManagerConfig::default() }
     }
@@ -991,10 +997,7 @@ mod tests {
     async fn health_checks_mark_unhealthy_after_the_threshold_and_one_success_heals() {
         let net = FakeNet::with_peers(&SIX[..2]);
         let (manager, registry) = manager(&net, &SIX[..2], ManagerConfig::default());
-        let running = tokio::spawn({
-            let manager = manager.clone();
-            async move { manager.run().await }
-        });
+        let running = spawn_run(&manager);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(manager.is_joined());
         net.set_alive(SIX[0], false);
@@ -1022,10 +1025,7 @@ mod tests {
     async fn joins_again_when_the_routing_table_empties() {
         let net = FakeNet::with_peers(&SIX[..2]);
         let (manager, _registry) = manager(&net, &SIX[..2], ManagerConfig::default());
-        let running = tokio::spawn({
-            let manager = manager.clone();
-            async move { manager.run().await }
-        });
+        let running = spawn_run(&manager);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(net.joins().len(), 1);
         net.routing_table.store(0, Ordering::SeqCst);
@@ -1047,10 +1047,7 @@ mod tests {
         };
         let (manager, registry) =
             manager_with(&net, discovery, resolver.clone(), ManagerConfig::default());
-        let running = tokio::spawn({
-            let manager = manager.clone();
-            async move { manager.run().await }
-        });
+        let running = spawn_run(&manager);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let pool: Vec<SocketAddr> = manager.endpoints().iter().map(|s| s.endpoint.addr).collect();
         assert_eq!(pool, addrs(&["127.0.0.1:5678", "127.0.0.2:5678"]));
@@ -1088,10 +1085,7 @@ mod tests {
             ..ManagerConfig::default()
         };
         let (manager, _registry) = manager_with(&net, discovery, resolver.clone(), config);
-        let running = tokio::spawn({
-            let manager = manager.clone();
-            async move { manager.run().await }
-        });
+        let running = spawn_run(&manager);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!manager.is_joined(), "no endpoint yet: waiting out a backoff of 30 to 40 s");
         resolver.answer("kad-bootstrap.test", Ok(vec!["127.0.0.1:0"]));
@@ -1170,10 +1164,7 @@ mod tests {
         };
         let (manager, _registry) = manager(&net, &SIX[..3], config);
         let started = Instant::now();
-        let running = tokio::spawn({
-            let manager = manager.clone();
-            async move { manager.run().await }
-        });
+        let running = spawn_run(&manager);
         let mut joined = manager.subscribe_joined();
         joined.wait_for(|joined| *joined).await.unwrap();
         assert!(
