@@ -203,6 +203,16 @@ mod tests {
         node
     }
 
+    /// Three bootstrap nodes (50 joins a minute each) that know each other.
+    async fn three_joined_bootstraps() -> [Node; 3] {
+        let bootstraps =
+            [start_bootstrap(50).await, start_bootstrap(50).await, start_bootstrap(50).await];
+        for peer in &bootstraps[1..] {
+            peer.bootstrap(&[bootstraps[0].local_addr()]).await;
+        }
+        bootstraps
+    }
+
     fn manager_for(node: &Node, bootstraps: &[&Node], strategy: SelectionStrategy) -> NodeManager {
         let config =
             ManagerConfig { strategy, connection_timeout: TIMEOUT, ..ManagerConfig::default() };
@@ -261,11 +271,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hundred_workers_join_while_bootstrap_nodes_fail() {
-        let bootstraps =
-            [start_bootstrap(50).await, start_bootstrap(50).await, start_bootstrap(50).await];
-        for peer in &bootstraps[1..] {
-            peer.bootstrap(&[bootstraps[0].local_addr()]).await;
-        }
+        let bootstraps = three_joined_bootstraps().await;
         // One is down before the workers start, one goes down while they join.
         bootstraps[0].shutdown();
         let all: Vec<&Node> = bootstraps.iter().collect();
@@ -344,11 +350,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn least_loaded_spreads_joins_within_one_and_a_half_fair_shares() {
-        let bootstraps =
-            [start_bootstrap(50).await, start_bootstrap(50).await, start_bootstrap(50).await];
-        for peer in &bootstraps[1..] {
-            peer.bootstrap(&[bootstraps[0].local_addr()]).await;
-        }
+        let bootstraps = three_joined_bootstraps().await;
         let all: Vec<&Node> = bootstraps.iter().collect();
         let config = ManagerConfig {
             strategy: SelectionStrategy::LeastLoaded,
