@@ -41,6 +41,9 @@ pub struct Settled {
     pub ratio: &'static str,
 }
 
+/// Where most operator scenarios start: 10 workers, tier small (see `Scenario::small_dht`).
+pub const SMALL_10: Settled = Settled { tier: "small", bootstraps: 2, workers: 10, ratio: "5.0:1" };
+
 impl Dht {
     /// Creates `name` in `namespace` with `spec` (JSON, as a user would write it).
     pub async fn create(

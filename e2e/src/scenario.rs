@@ -7,9 +7,11 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::Client;
+use serde_json::json;
 
 use crate::chart::{install_once, Release};
 use crate::cluster::{Cluster, TestNamespace};
+use crate::dht::{Dht, Observation, SMALL_10};
 use crate::operator::{OperatorProcess, OperatorSettings};
 use crate::wait::{until, Check};
 
@@ -23,6 +25,15 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Creates DhtCluster `dht` with 10 workers in this scenario's namespace and waits until it
+    /// has settled at tier small ([`SMALL_10`]), the starting point most scenarios share.
+    pub async fn small_dht(&self, timeout: Duration) -> Result<(Dht, Observation)> {
+        let spec = json!({"workers": {"replicas": 10}});
+        let dht = Dht::create(&self.client, self.namespace(), "dht", spec).await?;
+        let settled = dht.wait_settled(SMALL_10, timeout).await?;
+        Ok((dht, settled))
+    }
+
     /// `None` when the test must skip (no cluster and `KADSCALE_E2E_REQUIRED` unset).
     pub async fn start(test: &str) -> Result<Option<Scenario>> {
         let Some(cluster) = Cluster::connect_or_skip(test).await else {

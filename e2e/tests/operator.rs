@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kadscale_e2e::chart;
-use kadscale_e2e::dht::{pod_uid, Dht, Observation, Settled};
+use kadscale_e2e::dht::{pod_uid, Dht, Observation, Settled, SMALL_10};
 use kadscale_e2e::scenario::Scenario;
 use kadscale_e2e::wait::{until, Check};
 use kadscale_e2e::watch::{ReplicaHistory, Workload};
@@ -24,7 +24,6 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-const SMALL_10: Settled = Settled { tier: "small", bootstraps: 2, workers: 10, ratio: "5.0:1" };
 const MEDIUM_30: Settled = Settled { tier: "medium", bootstraps: 3, workers: 30, ratio: "10.0:1" };
 const LARGE_100: Settled = Settled { tier: "large", bootstraps: 4, workers: 100, ratio: "25.0:1" };
 const XLARGE_300: Settled =
@@ -52,14 +51,7 @@ async fn helm_install_lease_and_small_tier() -> Result<()> {
     operator.ensure_running()?;
     holder?;
 
-    let dht = Dht::create(
-        &scenario.client,
-        scenario.namespace(),
-        "dht",
-        json!({"workers": {"replicas": 10}}),
-    )
-    .await?;
-    let settled = dht.wait_settled(SMALL_10, SETTLE_TIMEOUT).await?;
+    let (dht, settled) = scenario.small_dht(SETTLE_TIMEOUT).await?;
     let status = settled.cluster.status.as_ref().expect("settled has a status");
     assert_eq!(status.ratio_status.as_deref(), Some("OK"));
     assert_eq!(settled.condition("RatioWithinLimit"), Some("True"));
@@ -102,14 +94,7 @@ async fn helm_install_lease_and_small_tier() -> Result<()> {
 async fn kubectl_scale_through_the_tiers() -> Result<()> {
     let Some(scenario) = Scenario::start("scale-up").await? else { return Ok(()) };
     let mut operator = scenario.operator("operator-a").await?;
-    let dht = Dht::create(
-        &scenario.client,
-        scenario.namespace(),
-        "dht",
-        json!({"workers": {"replicas": 10}}),
-    )
-    .await?;
-    let mut before = dht.wait_settled(SMALL_10, SETTLE_TIMEOUT).await?;
+    let (dht, mut before) = scenario.small_dht(SETTLE_TIMEOUT).await?;
     let history = ReplicaHistory::start(&scenario.client, scenario.namespace(), &dht.name);
 
     for (expected, timeout) in
@@ -298,14 +283,7 @@ async fn invalid_specs_are_refused_naming_the_field() -> Result<()> {
 async fn children_are_recreated_and_garbage_collected() -> Result<()> {
     let Some(scenario) = Scenario::start("children").await? else { return Ok(()) };
     let mut operator = scenario.operator("operator-a").await?;
-    let dht = Dht::create(
-        &scenario.client,
-        scenario.namespace(),
-        "dht",
-        json!({"workers": {"replicas": 10}}),
-    )
-    .await?;
-    let settled = dht.wait_settled(SMALL_10, SETTLE_TIMEOUT).await?;
+    let (dht, settled) = scenario.small_dht(SETTLE_TIMEOUT).await?;
     let old_uid =
         settled.bootstrap.as_ref().and_then(|sts| sts.uid()).context("StatefulSet uid")?;
 
@@ -363,14 +341,7 @@ async fn operator_restarted_mid_scale_converges_without_duplicates() -> Result<(
     let Some(scenario) = Scenario::start("restart").await? else { return Ok(()) };
     let first = scenario.operator("operator-a").await?;
     scenario.wait_for_lease_holder(&["operator-a"], LEASE_TIMEOUT).await?;
-    let dht = Dht::create(
-        &scenario.client,
-        scenario.namespace(),
-        "dht",
-        json!({"workers": {"replicas": 10}}),
-    )
-    .await?;
-    dht.wait_settled(SMALL_10, SETTLE_TIMEOUT).await?;
+    let (dht, _) = scenario.small_dht(SETTLE_TIMEOUT).await?;
 
     dht.kubectl_scale(LARGE_100.workers).await?;
     dht.wait_for("the bootstrap StatefulSet to start growing", SETTLE_TIMEOUT, |seen| {
@@ -424,14 +395,7 @@ async fn only_the_lease_holder_writes() -> Result<()> {
     let standby = operators.remove(1 - first_index);
     let first_holder = operators.remove(0);
 
-    let dht = Dht::create(
-        &scenario.client,
-        scenario.namespace(),
-        "dht",
-        json!({"workers": {"replicas": 10}}),
-    )
-    .await?;
-    let settled = dht.wait_settled(SMALL_10, SETTLE_TIMEOUT).await?;
+    let (dht, settled) = scenario.small_dht(SETTLE_TIMEOUT).await?;
     assert_eq!(scenario.lease_holder().await?.as_deref(), Some(first_holder.identity.as_str()));
     let (standby_alive, _) = standby.admin_get("/healthz").await?;
     assert_eq!(standby_alive, 200, "the standby is alive");
