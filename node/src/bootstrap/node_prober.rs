@@ -203,14 +203,16 @@ mod tests {
         node
     }
 
-    /// Three bootstrap nodes (50 joins a minute each) that know each other.
-    async fn three_joined_bootstraps() -> [Node; 3] {
-        let bootstraps =
-            [start_bootstrap(50).await, start_bootstrap(50).await, start_bootstrap(50).await];
+    /// `N` bootstrap nodes (`max_joins` a minute each), the others joined through the first.
+    async fn joined_bootstraps<const N: usize>(max_joins: u64) -> [Node; N] {
+        let mut bootstraps = Vec::with_capacity(N);
+        for _ in 0..N {
+            bootstraps.push(start_bootstrap(max_joins).await);
+        }
         for peer in &bootstraps[1..] {
             peer.bootstrap(&[bootstraps[0].local_addr()]).await;
         }
-        bootstraps
+        bootstraps.try_into().unwrap_or_else(|_| unreachable!("{N} bootstrap nodes were started"))
     }
 
     fn manager_for(node: &Node, bootstraps: &[&Node], strategy: SelectionStrategy) -> NodeManager {
@@ -271,7 +273,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hundred_workers_join_while_bootstrap_nodes_fail() {
-        let bootstraps = three_joined_bootstraps().await;
+        let bootstraps: [Node; 3] = joined_bootstraps(50).await;
         // One is down before the workers start, one goes down while they join.
         bootstraps[0].shutdown();
         let all: Vec<&Node> = bootstraps.iter().collect();
@@ -350,7 +352,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn least_loaded_spreads_joins_within_one_and_a_half_fair_shares() {
-        let bootstraps = three_joined_bootstraps().await;
+        let bootstraps: [Node; 3] = joined_bootstraps(50).await;
         let all: Vec<&Node> = bootstraps.iter().collect();
         let config = ManagerConfig {
             strategy: SelectionStrategy::LeastLoaded,
@@ -402,9 +404,7 @@ mod tests {
 
     #[tokio::test]
     async fn workers_join_through_real_bootstrap_nodes_which_count_the_joins() {
-        let first = start_bootstrap(1).await;
-        let second = start_bootstrap(1).await;
-        second.bootstrap(&[first.local_addr()]).await;
+        let [first, second] = joined_bootstraps(1).await;
         let observer = NodeProber::new(start_node().await, TIMEOUT);
         let before = load_of(&observer, &first).await;
         assert_eq!(before.joins_last_minute, 0);
@@ -431,9 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn least_loaded_reads_real_load_reports() {
-        let busy = start_bootstrap(50).await;
-        let idle = start_bootstrap(50).await;
-        idle.bootstrap(&[busy.local_addr()]).await;
+        let [busy, idle] = joined_bootstraps(50).await;
         let announcer = NodeProber::new(start_node().await, TIMEOUT);
         announcer.notify_seeds(vec![busy.local_addr(); 3]);
         joins_served(&announcer, &[&busy], 3).await;
