@@ -80,6 +80,9 @@ struct Inner {
     /// Contacts being pinged because their bucket is full: at most one ping each.
     pinging: Mutex<HashSet<NodeId>>,
     hand_overs: Mutex<HandOvers>,
+    /// The slowest answer of the last lookup that had one: where the next lookup's stall
+    /// timer starts.
+    last_slowest_answer: Mutex<Option<Duration>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
@@ -141,6 +144,37 @@ impl HandOvers {
     }
 }
 
+/// A lookup stops waiting for silent peers after this many times its slowest answer so far.
+const STALL_PER_ANSWER_TIME: u32 = 4;
+
+/// ... but never sooner than this: scheduling noise is not a dead peer.
+const MIN_LOOKUP_STALL: Duration = Duration::from_millis(50);
+
+/// How long a lookup waits for an answer before asking past the calls in flight. A table full
+/// of dead contacts (right after many nodes left) otherwise costs the configured stall (1 s)
+/// for every round of dead peers; peers that answer in milliseconds set a shorter one. A
+/// lookup starts from the previous lookup's slowest answer, or the configured stall.
+struct StallTimer {
+    configured: Duration,
+    slowest_answer: Option<Duration>,
+}
+
+impl StallTimer {
+    fn answered_after(&mut self, took: Duration) {
+        self.slowest_answer = Some(self.slowest_answer.map_or(took, |slowest| slowest.max(took)));
+    }
+
+    fn wait(&self) -> Duration {
+        match self.slowest_answer {
+            None => self.configured,
+            Some(slowest) => {
+                // Not `clamp`: a configured stall below the floor wins, without a panic.
+                (slowest * STALL_PER_ANSWER_TIME).max(MIN_LOOKUP_STALL).min(self.configured)
+            }
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its data consistent, so a poisoned lock is still usable.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -174,6 +208,7 @@ impl Node {
                 extensions: RwLock::new(HashMap::new()),
                 pinging: Mutex::new(HashSet::new()),
                 hand_overs: Mutex::new(HandOvers::default()),
+                last_slowest_answer: Mutex::new(None),
                 metrics,
                 shutdown: CancellationToken::new(),
                 config,
@@ -336,28 +371,40 @@ impl Node {
         self.with_table(|table| table.touch(&target));
         let mut lookup = Lookup::new(target, kind, seeds, config.k, config.alpha, self.id());
         let mut in_flight = FuturesUnordered::new();
+        let last_slowest = *lock(&self.inner.last_slowest_answer);
+        let mut stall =
+            StallTimer { configured: config.lookup_stall, slowest_answer: last_slowest };
         loop {
             for contact in lookup.next_batch() {
                 let node = self.clone();
-                in_flight
-                    .push(async move { (contact.id, node.find_on(contact, target, kind).await) });
+                in_flight.push(async move {
+                    let sent = Instant::now();
+                    let answer = node.find_on(contact, target, kind).await;
+                    (contact.id, answer, sent.elapsed())
+                });
             }
             if lookup.is_done() {
                 break;
             }
-            let next = tokio::time::timeout(config.lookup_stall, in_flight.next()).await;
+            let next = tokio::time::timeout(stall.wait(), in_flight.next()).await;
             let Ok(next) = next else {
                 lookup.on_stall();
                 continue;
             };
-            let Some((id, answer)) = next else {
+            let Some((id, answer, took)) = next else {
                 break;
             };
+            if answer.is_ok() {
+                stall.answered_after(took);
+            }
             match answer {
                 Ok(FindValueAnswer::Nodes(contacts)) => lookup.on_nodes(&id, contacts),
                 Ok(FindValueAnswer::Value(value)) => lookup.on_value(&id, value),
                 Err(_) => lookup.on_failure(&id),
             }
+        }
+        if stall.slowest_answer.is_some() {
+            *lock(&self.inner.last_slowest_answer) = stall.slowest_answer;
         }
         if !in_flight.is_empty() {
             // Calls the lookup stopped waiting for still run to their end (each within the
@@ -654,5 +701,43 @@ impl RequestHandler for Node {
                 handler(from, args).map(Response::Extension)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stall_follows_the_slowest_answer_within_the_floor_and_the_configured_stall() {
+        let configured = Duration::from_secs(1);
+        let mut stall = StallTimer { configured, slowest_answer: None };
+        assert_eq!(stall.wait(), configured, "no answer yet: the configured stall");
+        stall.answered_after(Duration::from_millis(30));
+        stall.answered_after(Duration::from_millis(5));
+        assert_eq!(stall.wait(), Duration::from_millis(120), "four times the slowest answer");
+        stall.answered_after(Duration::from_millis(1));
+        let quick = StallTimer { configured, slowest_answer: Some(Duration::from_millis(1)) };
+        assert_eq!(quick.wait(), MIN_LOOKUP_STALL);
+        stall.answered_after(Duration::from_millis(900));
+        assert_eq!(stall.wait(), configured, "never longer than configured");
+        let tiny = StallTimer {
+            configured: Duration::from_millis(10),
+            slowest_answer: Some(Duration::from_millis(1)),
+        };
+        assert_eq!(tiny.wait(), Duration::from_millis(10), "a configured stall below the floor");
+    }
+
+    #[test]
+    fn an_address_gets_one_hand_over_per_interval_and_verifications_are_bounded() {
+        let now = Instant::now();
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut hand_overs = HandOvers::default();
+        assert!(hand_overs.claim(addr, Address::Claimed, now));
+        assert!(!hand_overs.claim(addr, Address::Verified, now + Duration::from_secs(1)));
+        assert!(hand_overs.claim(addr, Address::Verified, now + HAND_OVER_INTERVAL));
+        let mut busy = HandOvers { verifying: MAX_VERIFICATIONS_IN_FLIGHT, ..HandOvers::default() };
+        assert!(!busy.claim(addr, Address::Claimed, now), "too many pings out");
+        assert!(busy.claim(addr, Address::Verified, now), "a verified address needs no ping");
     }
 }
