@@ -24,6 +24,31 @@ use crate::metrics::{DropReason, Metrics, Outcome};
 /// Largest datagram read; UDP payloads cannot be larger.
 const RECEIVE_BUFFER: usize = 65536;
 
+/// Socket receive buffer asked of the kernel: a burst of joins (hundreds of requests at once)
+/// overflows the usual default of about 200 KiB and drops datagrams. The kernel caps the
+/// request (Linux: net.core.rmem_max); whatever it grants is kept.
+const SOCKET_RECEIVE_BUFFER: libc::c_int = 4 * 1024 * 1024;
+
+/// Asks for [`SOCKET_RECEIVE_BUFFER`]; a refusal only leaves the default, so it is logged.
+fn enlarge_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = SOCKET_RECEIVE_BUFFER;
+    // SAFETY: the descriptor belongs to `socket`, alive for the call; the option value points
+    // to a c_int and its length says so.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&size).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "SO_RCVBUF kept at its default");
+    }
+}
+
 /// Why a call got no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -86,6 +111,7 @@ impl Transport {
         metrics: Metrics,
     ) -> io::Result<Transport> {
         let socket = UdpSocket::bind(addr).await?;
+        enlarge_receive_buffer(&socket);
         Ok(Transport {
             socket,
             pending: Mutex::new(HashMap::new()),
@@ -224,6 +250,48 @@ impl Transport {
                 self.metrics.dropped(DropReason::Unmatched);
                 tracing::debug!(%from, "dropped an answer that no call awaits");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn receive_buffer(socket: &UdpSocket) -> libc::c_int {
+        let mut size: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the descriptor is alive; size and len point to a c_int and its length.
+        let result = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                std::ptr::from_mut(&mut size).cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        assert_eq!(result, 0, "{}", io::Error::last_os_error());
+        size
+    }
+
+    #[tokio::test]
+    async fn the_node_socket_gets_a_larger_receive_buffer_than_a_plain_one() {
+        let plain = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let transport =
+            Transport::bind("127.0.0.1:0".parse().unwrap(), 1, Metrics::unregistered()).await;
+        let enlarged = receive_buffer(&transport.unwrap().socket);
+        let default = receive_buffer(&plain);
+        // Equal only where the kernel caps the buffer at its default (rmem_max = rmem_default).
+        assert!(enlarged >= default, "{enlarged} < {default}");
+        if std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|max| max.trim().parse::<libc::c_int>().ok())
+            .is_some_and(|max| max > default)
+        {
+            assert!(enlarged > default, "SO_RCVBUF stayed at {default}");
         }
     }
 }
