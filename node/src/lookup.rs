@@ -8,7 +8,8 @@
 //! timeout), a slot freed by an answer is refilled at once: `alpha` queries stay in flight.
 //! When no answer comes for a while the driver calls [`Lookup::on_stall`]: the silent calls
 //! become *slow*, the lookup asks past them, and it ends without them once `k` others have
-//! answered (with fewer, it waits for them: they may hold the only copy of a value).
+//! answered (with fewer, it waits for them: they may hold the only copy of a value). A
+//! `find_value` also waits for slow nodes closer than the `k`-th answer, for the same reason.
 //!
 //! [`crate::node`] drives it with the transport; tests drive it with made-up answers.
 
@@ -128,13 +129,28 @@ impl Lookup {
             return true;
         }
         let mut answered = 0;
+        let mut farthest = None;
         for candidate in self.visible() {
             if candidate.state != State::Answered {
                 return false;
             }
             answered += 1;
+            farthest = Some(candidate.distance);
         }
-        answered >= self.k || self.candidates.iter().all(|candidate| candidate.state != State::Slow)
+        let slow_closer_than = |limit: Option<Distance>| {
+            self.candidates.iter().any(|candidate| {
+                candidate.state == State::Slow
+                    && limit.is_none_or(|limit| candidate.distance < limit)
+            })
+        };
+        match self.kind {
+            LookupKind::FindNode => answered >= self.k || !slow_closer_than(None),
+            // A slow node among the k closest may hold the value (right after a burst of joins
+            // it is busy, not dead): wait for it; its call ends within the call timeout.
+            LookupKind::FindValue => {
+                !slow_closer_than(if answered >= self.k { farthest } else { None })
+            }
+        }
     }
 
     /// Gives up waiting for the calls in flight: the lookup goes on as if they had failed,
