@@ -61,7 +61,10 @@ fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
 }
 
 fn strings(value: &Value) -> Vec<&str> {
-    value.as_array().map(|items| items.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -152,10 +155,11 @@ async fn watch_namespace_uses_a_role_there() -> Result<()> {
         .filter(|role| role["metadata"]["namespace"] == "team-a")
         .collect();
     assert_eq!(in_team_a.len(), 1, "the operator's Role lives in the watched namespace");
-    let args = strings(&one(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
-        .into_iter()
-        .map(str::to_string)
-        .collect::<Vec<_>>();
+    let args =
+        strings(&one(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
     assert!(args.contains(&"--namespace=team-a".to_string()), "{args:?}");
     Ok(())
 }
