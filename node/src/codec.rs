@@ -7,7 +7,6 @@
 //! length against the bytes that are really there before allocating, limits nesting, and
 //! reports the byte offset or the field that was wrong.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use rmpv::Value as Msgpack;
@@ -601,7 +600,7 @@ pub fn encode_response(id: &MessageId, response: &Response) -> Vec<u8> {
     match response {
         Response::Stun(addr) => {
             write_array_len(&mut out, 2);
-            write_str(&mut out, &addr.ip().to_string());
+            write_ip(&mut out, addr.ip());
             write_int(&mut out, i128::from(addr.port()));
         }
         Response::Ping(id) => write_bin(&mut out, id.as_bytes()),
@@ -633,15 +632,41 @@ fn frame(kind: u8, id: &MessageId) -> Vec<u8> {
 
 fn write_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
     write_array_len(out, contacts.len());
-    let mut ip_text = String::with_capacity(40);
     for contact in contacts {
         write_array_len(out, 3);
         write_bin(out, contact.id.as_bytes());
-        ip_text.clear();
-        // Writing to a String cannot fail.
-        let _ = fmt::Write::write_fmt(&mut ip_text, format_args!("{}", contact.addr.ip()));
-        write_str(out, &ip_text);
+        write_ip(out, contact.addr.ip());
         write_int(out, i128::from(contact.addr.port()));
+    }
+}
+
+/// Writes an address as the str Python's `str(ip)` gives. IPv4 digits are written straight
+/// into the buffer: going through `core::fmt` cost a third of each find_node answer.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            // At most "255.255.255.255": 15 bytes, a fixstr.
+            let mut text = [0u8; 15];
+            let mut len = 0;
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    text[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            write_raw_str(out, &text[..len]);
+        }
+        IpAddr::V6(v6) => write_str(out, &v6.to_string()),
     }
 }
 
@@ -837,6 +862,8 @@ pub fn check_decoder(datagram: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     const ID: MessageId = [0xab; MESSAGE_ID_LEN];
@@ -890,6 +917,26 @@ mod tests {
             "92a93132372e302e302e31cd0fa0"
         );
         assert_eq!(body(&encode_response(&ID, &Response::Stored(true))), "c3");
+    }
+
+    #[test]
+    fn ipv4_text_matches_display_for_every_digit_count() {
+        for octet in [0u8, 7, 9, 10, 42, 99, 100, 109, 110, 199, 200, 255] {
+            for ip in [
+                Ipv4Addr::new(octet, 0, 255, octet),
+                Ipv4Addr::new(1, octet, octet, 10),
+                Ipv4Addr::new(255, 255, 255, octet),
+            ] {
+                let mut written = Vec::new();
+                write_ip(&mut written, IpAddr::V4(ip));
+                let mut expected = Vec::new();
+                write_str(&mut expected, &ip.to_string());
+                assert_eq!(written, expected, "{ip}");
+            }
+        }
+        let mut v6 = Vec::new();
+        write_ip(&mut v6, "::1".parse().unwrap());
+        assert_eq!(v6, b"\xa3::1");
     }
 
     #[test]

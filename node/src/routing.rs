@@ -15,6 +15,19 @@ pub const REPLACEMENT_FACTOR: usize = 5;
 /// multiple of this (section 4.2 of the Kademlia paper).
 const SPLIT_DEPTH_MODULUS: u32 = 5;
 
+/// A [`Distance`] as big-endian integers (first 16 bytes, last 4), ordered the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct DistanceKey(u128, u32);
+
+impl DistanceKey {
+    fn of(distance: &Distance) -> DistanceKey {
+        let (high, low) = distance.0.split_at(16);
+        let high: [u8; 16] = high.try_into().expect("split at 16 of 20 bytes");
+        let low: [u8; 4] = low.try_into().expect("split at 16 of 20 bytes");
+        DistanceKey(u128::from_be_bytes(high), u32::from_be_bytes(low))
+    }
+}
+
 /// What [`RoutingTable::add`] did with a contact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Insert {
@@ -211,16 +224,17 @@ impl RoutingTable {
         // Every bucket covers an aligned block of ids, and XOR with the target maps aligned
         // blocks to aligned blocks: all of one bucket's contacts are closer to the target than
         // all of another's. So buckets are visited closest block first, each sorted on its own,
-        // and the visit stops once `count` contacts are in hand.
-        let mut order: Vec<(Distance, usize)> = self
+        // and the visit stops once `count` contacts are in hand. Distances are compared as
+        // `DistanceKey`s (two integer compares) rather than 20-byte arrays.
+        let mut order: Vec<(DistanceKey, usize)> = self
             .buckets
             .iter()
             .enumerate()
             .filter(|(_, bucket)| !bucket.contacts.is_empty())
-            .map(|(index, bucket)| (bucket.nearest_distance(target), index))
+            .map(|(index, bucket)| (DistanceKey::of(&bucket.nearest_distance(target)), index))
             .collect();
-        order.sort_unstable();
-        let mut found: Vec<(Distance, Contact)> = Vec::with_capacity(count + self.k);
+        order.sort_unstable_by_key(|(key, _)| *key);
+        let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(count + self.k);
         for (_, index) in order {
             if found.len() >= count {
                 break;
@@ -231,12 +245,19 @@ impl RoutingTable {
                     .contacts
                     .iter()
                     .filter(|contact| contact.id != *target && Some(contact.addr) != exclude)
-                    .map(|contact| (contact.id.distance(target), *contact)),
+                    .map(|contact| (DistanceKey::of(&contact.id.distance(target)), contact)),
             );
-            found[start..].sort_unstable_by_key(|(distance, _)| *distance);
+            let wanted = count - start;
+            let visited = &mut found[start..];
+            if visited.len() > wanted {
+                // Only the `wanted` nearest of the last bucket visited are kept: select them,
+                // then sort just those.
+                visited.select_nth_unstable_by_key(wanted, |(key, _)| *key);
+                found.truncate(count);
+            }
+            found[start..].sort_unstable_by_key(|(key, _)| *key);
         }
-        found.truncate(count);
-        found.into_iter().map(|(_, contact)| contact).collect()
+        found.into_iter().map(|(_, contact)| *contact).collect()
     }
 
     /// Marks the bucket holding `target` as used now, as a lookup near it does in Python.
@@ -375,6 +396,53 @@ mod tests {
             expected.sort_by_key(|c| c.id.distance(&target));
             expected.truncate(count);
             assert_eq!(table.closest(&target, count, None), expected);
+        }
+    }
+
+    /// Brute force: every stored contact but the target's and the excluded, fully sorted.
+    fn closest_by_full_sort(
+        table: &RoutingTable,
+        target: &NodeId,
+        count: usize,
+        exclude: Option<SocketAddr>,
+    ) -> Vec<Contact> {
+        let mut expected: Vec<Contact> = table
+            .contacts()
+            .into_iter()
+            .filter(|c| c.id != *target && Some(c.addr) != exclude)
+            .collect();
+        expected.sort_by_key(|c| c.id.distance(target));
+        expected.truncate(count);
+        expected
+    }
+
+    #[test]
+    fn closest_matches_a_full_sort_over_random_tables() {
+        for (k, size) in [(1, 50), (3, 300), (8, 1000), (20, 3000)] {
+            let mut table = RoutingTable::new(NodeId::random(), k);
+            // Half random ids, half sharing their first 16 bytes with the own id, so that
+            // distances tie on the high 128 bits and the low 32 decide.
+            for port in 0..size {
+                let mut id = NodeId::random();
+                if port % 2 == 0 {
+                    id.0[..16].copy_from_slice(&table.own_id.0[..16]);
+                }
+                table.add(contact(id, port + 1));
+            }
+            let stored = table.contacts();
+            for round in 0..50 {
+                let target =
+                    if round % 3 == 0 { stored[round % stored.len()].id } else { NodeId::random() };
+                let exclude = (round % 2 == 0).then(|| stored[(round * 7) % stored.len()].addr);
+                for count in [1, k, 20, stored.len() + 1] {
+                    assert_eq!(
+                        table.closest(&target, count, exclude),
+                        closest_by_full_sort(&table, &target, count, exclude),
+                        "k {k}, {} stored, count {count}, round {round}",
+                        stored.len()
+                    );
+                }
+            }
         }
     }
 
