@@ -498,14 +498,16 @@ mod tests {
         }
     }
 
+    /// A contact whose id starts with `byte`: near `NodeId::ZERO` in that order.
+    fn near(byte: u8, port: u16) -> Contact {
+        let mut id = [0u8; 20];
+        id[0] = byte;
+        contact(NodeId(id), port)
+    }
+
     #[test]
     fn slow_nodes_beyond_the_k_closest_answered_are_not_waited_for() {
         let target = NodeId::ZERO;
-        let near = |byte: u8, port| {
-            let mut id = [0u8; 20];
-            id[0] = byte;
-            contact(NodeId(id), port)
-        };
         let (a, b, c) = (near(1, 1), near(2, 2), near(3, 3));
         let mut lookup =
             Lookup::new(target, LookupKind::FindNode, vec![c, b, a], 2, 3, NodeId::MAX);
@@ -527,11 +529,6 @@ mod tests {
     #[test]
     fn a_stalled_lookup_asks_past_silent_nodes_and_still_takes_late_answers() {
         let target = NodeId::ZERO;
-        let near = |byte: u8, port| {
-            let mut id = [0u8; 20];
-            id[0] = byte;
-            contact(NodeId(id), port)
-        };
         let (a, b, c) = (near(1, 1), near(2, 2), near(3, 3));
         let mut lookup =
             Lookup::new(target, LookupKind::FindNode, vec![a, b, c], 2, 1, NodeId::MAX);
