@@ -28,7 +28,7 @@ token="$(kubectl create token kadscale -n "$release_ns" --duration=1h)"
 kubectl --kubeconfig "$sa_kubeconfig" config set-credentials kadscale-operator --token="$token" >/dev/null
 kubectl --kubeconfig "$sa_kubeconfig" config set-context --current --user=kadscale-operator >/dev/null
 KUBECONFIG="$sa_kubeconfig" POD_NAMESPACE="$release_ns" RUST_LOG=warn,kadscale_operator=info \
-  target/debug/dht-operator run --admin-addr 127.0.0.1:0 --lease-namespace "$release_ns" \
+  "${CARGO_TARGET_DIR:-target}/debug/dht-operator" run --admin-addr 127.0.0.1:0 --lease-namespace "$release_ns" \
   >"$run_dir/demo-operator.log" 2>&1 &
 operator_pid=$!
 trap 'kill "$operator_pid" 2>/dev/null || true; wait "$operator_pid" 2>/dev/null || true' EXIT

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the kadscale image (the Dockerfile's twin) without a Docker engine: static musl
 # binaries, a scratch base, user 65532, into an OCI image layout archived as a tar.
-# Usage: image/build-oci.sh [OUT_TAR]   (default target/image/kadscale-<version>.oci.tar)
+# Usage: image/build-oci.sh [OUT_TAR]   (default $CARGO_TARGET_DIR or target/, then image/kadscale-<version>.oci.tar)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
-out="${1:-target/image/kadscale-$version.oci.tar}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+out="${1:-$target_dir/image/kadscale-$version.oci.tar}"
 target=x86_64-unknown-linux-musl
 
 # umoci v0.5.0, built from its Go module into the control plane's cache (Debian's 0.4.7 writes
@@ -26,7 +27,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/usr/local/bin" "$work/rootfs/etc"
 cp image/rootfs/etc/passwd image/rootfs/etc/group "$work/rootfs/etc/"
-install -m 0755 "target/$target/release/dht-node" "target/$target/release/dht-operator" "$work/rootfs/usr/local/bin/"
+install -m 0755 "$target_dir/$target/release/dht-node" "$target_dir/$target/release/dht-operator" \
+  "$work/rootfs/usr/local/bin/"
 
 echo "image: assembling OCI layout kadscale:$version"
 layout="$work/layout"
