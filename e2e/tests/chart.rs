@@ -8,29 +8,34 @@ use kadscale_e2e::command::run;
 use kadscale_e2e::paths::{helm_binary, repo_root, skip_or_fail};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::OnceCell;
 
 const HELM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `helm ARGS...` in the repository root, or `None` (skipped) where helm is not installed.
+static HELM_PRESENT: OnceCell<bool> = OnceCell::const_new();
+
+/// The chart's directory, as an argument for helm (tests run in e2e/, not the repository root).
+fn chart() -> String {
+    repo_root().join("charts/kadscale").to_string_lossy().into_owned()
+}
+
+/// `helm ARGS...`, or `None` (skipped) where helm is not installed; checked once per run.
 async fn helm(args: &[&str]) -> Option<Result<String>> {
     let helm = helm_binary();
-    if run(&helm, ["version", "--short"], HELM_TIMEOUT).await.is_err() {
+    let present = *HELM_PRESENT
+        .get_or_init(|| async { run(&helm, ["version", "--short"], HELM_TIMEOUT).await.is_ok() })
+        .await;
+    if !present {
         skip_or_fail("chart", "helm is not installed", "run `just controlplane` (builds helm)");
         return None;
     }
-    let root = repo_root();
-    let mut full: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    for arg in full.iter_mut() {
-        if arg == "charts/kadscale" {
-            *arg = root.join("charts/kadscale").to_string_lossy().into_owned();
-        }
-    }
-    Some(run(&helm, &full, HELM_TIMEOUT).await)
+    Some(run(&helm, args, HELM_TIMEOUT).await)
 }
 
 /// Every object `helm template` renders with `extra` arguments, as JSON values.
 async fn render(extra: &[&str]) -> Option<Result<Vec<Value>>> {
-    let mut args = vec!["template", "kadscale", "charts/kadscale", "-n", "kadscale-system"];
+    let chart = chart();
+    let mut args = vec!["template", "kadscale", chart.as_str(), "-n", "kadscale-system"];
     args.extend_from_slice(extra);
     let rendered = match helm(&args).await? {
         Ok(text) => text,
@@ -69,7 +74,7 @@ fn strings(value: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn helm_lint_is_clean() -> Result<()> {
-    let Some(output) = helm(&["lint", "--strict", "charts/kadscale"]).await else { return Ok(()) };
+    let Some(output) = helm(&["lint", "--strict", &chart()]).await else { return Ok(()) };
     let output = output?;
     assert!(output.contains("0 chart(s) failed"), "helm lint --strict:\n{output}");
     Ok(())
