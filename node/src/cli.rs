@@ -129,6 +129,11 @@ pub struct NodeOptions {
     /// Seconds between bucket refreshes and republishing (default one hour, as Python).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub refresh_secs: u64,
+
+    /// For fault tests only: the fraction (0 to 1) of received datagrams dropped at random.
+    #[arg(long, env = "DHT_TEST_DATAGRAM_LOSS", default_value_t = 0.0, value_name = "FRACTION",
+          value_parser = parse_fraction)]
+    pub test_datagram_loss: f64,
 }
 
 impl NodeOptions {
@@ -145,8 +150,17 @@ impl NodeOptions {
             refresh_interval: refresh,
             bucket_stale_after: refresh,
             republish_after: refresh,
+            datagram_loss: self.test_datagram_loss,
             ..NodeConfig::default()
         }
+    }
+}
+
+/// A number from 0 to 1.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(fraction) if (0.0..=1.0).contains(&fraction) => Ok(fraction),
+        _ => Err(format!("{text:?} is not a fraction from 0 to 1")),
     }
 }
 

@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub bucket_stale_after: Duration,
     /// Values older than this are republished at each refresh (Python: one hour).
     pub republish_after: Duration,
+    /// Fraction (0 to 1) of received datagrams dropped at random: fault tests only, 0 otherwise.
+    pub datagram_loss: f64,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +51,7 @@ impl Default for NodeConfig {
             refresh_interval: Duration::from_secs(3600),
             bucket_stale_after: Duration::from_secs(3600),
             republish_after: Duration::from_secs(3600),
+            datagram_loss: 0.0,
         }
     }
 }
@@ -64,6 +67,8 @@ pub enum ConfigError {
     ZeroOutstandingCalls,
     #[error("rpc_timeout must be longer than zero")]
     ZeroTimeout,
+    #[error("datagram_loss must be a fraction from 0 to 1, not {0}")]
+    DatagramLoss(String),
 }
 
 impl NodeConfig {
@@ -79,6 +84,9 @@ impl NodeConfig {
         }
         if self.rpc_timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
+        }
+        if !(0.0..=1.0).contains(&self.datagram_loss) {
+            return Err(ConfigError::DatagramLoss(self.datagram_loss.to_string()));
         }
         Ok(())
     }

@@ -28,6 +28,8 @@ pub enum DropReason {
     Malformed,
     /// A response nobody waits for, or from another address than the call went to.
     Unmatched,
+    /// Dropped on purpose by a fault test's `datagram_loss`.
+    InjectedLoss,
 }
 
 impl Outcome {
@@ -47,6 +49,7 @@ impl DropReason {
             DropReason::UnknownType => "unknown_type",
             DropReason::Malformed => "malformed",
             DropReason::Unmatched => "unmatched",
+            DropReason::InjectedLoss => "injected_loss",
         }
     }
 }

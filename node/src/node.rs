@@ -190,7 +190,7 @@ impl Node {
         metrics: Metrics,
     ) -> Result<Node, NodeError> {
         config.validate()?;
-        let transport = Transport::bind(listen, config.max_outstanding_calls, metrics.clone())
+        let transport = Transport::bind(listen, &config, metrics.clone())
             .await
             .map_err(|source| NodeError::Bind { addr: listen, source })?;
         let local_addr =

@@ -19,6 +19,7 @@ use crate::codec::{
     decode_datagram, encode_request, encode_response, Datagram, DecodeError, MessageId, Request,
     Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN,
 };
+use crate::config::NodeConfig;
 use crate::metrics::{DropReason, Metrics, Outcome};
 
 /// Largest datagram read; UDP payloads cannot be larger.
@@ -82,6 +83,8 @@ pub struct Transport {
     socket: UdpSocket,
     pending: Mutex<HashMap<MessageId, PendingCall>>,
     max_outstanding: usize,
+    /// [`NodeConfig::datagram_loss`].
+    datagram_loss: f64,
     metrics: Metrics,
     /// Set when the receive loop ended: no answer can arrive any more.
     closed: AtomicBool,
@@ -107,7 +110,7 @@ impl Drop for PendingGuard<'_> {
 impl Transport {
     pub async fn bind(
         addr: SocketAddr,
-        max_outstanding: usize,
+        config: &NodeConfig,
         metrics: Metrics,
     ) -> io::Result<Transport> {
         let socket = UdpSocket::bind(addr).await?;
@@ -115,7 +118,8 @@ impl Transport {
         Ok(Transport {
             socket,
             pending: Mutex::new(HashMap::new()),
-            max_outstanding,
+            max_outstanding: config.max_outstanding_calls,
+            datagram_loss: config.datagram_loss,
             metrics,
             closed: AtomicBool::new(false),
         })
@@ -196,6 +200,9 @@ impl Transport {
                 received = self.socket.recv_from(&mut buffer) => received,
             };
             match received {
+                Ok(_) if self.datagram_loss > 0.0 && rand::random::<f64>() < self.datagram_loss => {
+                    self.metrics.dropped(DropReason::InjectedLoss);
+                }
                 Ok((len, from)) => self.dispatch(&buffer[..len], canonical(from), handler).await,
                 // ICMP errors of earlier sends surface here on some systems; they end nothing.
                 Err(error) => tracing::debug!(%error, "receiving a datagram failed"),
@@ -257,6 +264,7 @@ impl Transport {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
+    use std::sync::Arc;
 
     use super::*;
 
@@ -280,8 +288,12 @@ mod tests {
     #[tokio::test]
     async fn the_node_socket_gets_a_larger_receive_buffer_than_a_plain_one() {
         let plain = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let transport =
-            Transport::bind("127.0.0.1:0".parse().unwrap(), 1, Metrics::unregistered()).await;
+        let transport = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &NodeConfig::default(),
+            Metrics::unregistered(),
+        )
+        .await;
         let enlarged = receive_buffer(&transport.unwrap().socket);
         let default = receive_buffer(&plain);
         // Equal only where the kernel caps the buffer at its default (rmem_max = rmem_default).
@@ -293,5 +305,45 @@ mod tests {
         {
             assert!(enlarged > default, "SO_RCVBUF stayed at {default}");
         }
+    }
+
+    struct Pong;
+
+    impl RequestHandler for Pong {
+        fn handle(&self, _: SocketAddr, _: Request) -> Option<Response> {
+            Some(Response::Ping(crate::id::NodeId([7; 20])))
+        }
+    }
+
+    /// A ping to a node that drops `loss` of what it receives: answered or timed out.
+    async fn ping_through_loss(loss: f64) -> Result<Msgpack, RpcError> {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let lossy = NodeConfig { datagram_loss: loss, ..NodeConfig::default() };
+        let server = Arc::new(Transport::bind(any, &lossy, Metrics::unregistered()).await.unwrap());
+        let client = Arc::new(
+            Transport::bind(any, &NodeConfig::default(), Metrics::unregistered()).await.unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let serving: Vec<_> = [server.clone(), client.clone()]
+            .into_iter()
+            .map(|transport| {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { transport.serve(&Pong, shutdown).await })
+            })
+            .collect();
+        let ping = Request::Ping { sender: crate::id::NodeId([1; 20]) };
+        let answer =
+            client.call(server.local_addr().unwrap(), &ping, Duration::from_millis(300)).await;
+        shutdown.cancel();
+        for task in serving {
+            task.await.unwrap();
+        }
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_test_loss_of_one_drops_every_datagram_and_none_drops_nothing() {
+        assert!(ping_through_loss(0.0).await.is_ok());
+        assert!(matches!(ping_through_loss(1.0).await, Err(RpcError::Timeout { .. })));
     }
 }
