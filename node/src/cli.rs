@@ -126,6 +126,13 @@ pub struct NodeOptions {
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_value_size: usize,
 
+    /// Most routing-table contacts of one IP address per k-bucket (per IP and port on
+    /// loopback), so that one host cannot fill this node's view of the network.
+    #[arg(long, default_value_t = crate::routing::DEFAULT_MAX_CONTACTS_PER_IP,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u16).range(1..), usize::from))]
+    pub max_contacts_per_ip: usize,
+
     /// Seconds between bucket refreshes and republishing (default one hour, as Python).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub refresh_secs: u64,
@@ -147,6 +154,7 @@ impl NodeOptions {
             storage_ttl: Duration::from_secs(self.storage_ttl_secs),
             max_stored_values: self.max_values,
             max_value_size: self.max_value_size,
+            max_contacts_per_ip: self.max_contacts_per_ip,
             refresh_interval: refresh,
             bucket_stale_after: refresh,
             republish_after: refresh,
@@ -589,6 +597,8 @@ mod tests {
             "10.0.0.1:5678,boot.example:7000,10.0.0.2",
             "--k",
             "25",
+            "--max-contacts-per-ip",
+            "5",
             "--node-id",
             "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d",
             "--log-format",
@@ -603,7 +613,7 @@ mod tests {
         assert_eq!((endpoints[1].host.as_str(), endpoints[1].port), ("boot.example", 7000));
         assert_eq!(endpoints[2].port, 5678);
         let config = worker.node.config();
-        assert_eq!((config.k, config.alpha), (25, 3));
+        assert_eq!((config.k, config.alpha, config.max_contacts_per_ip), (25, 3, 5));
         assert_eq!(config.node_id, Some(key_digest(b"hello")));
         assert!(Cli::try_parse_from(["dht-node", "worker"]).is_err(), "a worker needs --bootstrap");
         let dns_only = Cli::try_parse_from([
@@ -620,6 +630,13 @@ mod tests {
         };
         assert_eq!(bootstrap.port, 5678);
         assert!(bootstrap.bootstrap.discovery_config().is_empty());
+        assert_eq!(
+            bootstrap.node.config().max_contacts_per_ip,
+            crate::routing::DEFAULT_MAX_CONTACTS_PER_IP
+        );
+        assert!(
+            Cli::try_parse_from(["dht-node", "bootstrap", "--max-contacts-per-ip", "0"]).is_err()
+        );
         assert!(Cli::try_parse_from(["dht-node", "bootstrap", "--node-id", "xyz"]).is_err());
     }
 

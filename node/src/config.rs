@@ -26,6 +26,10 @@ pub struct NodeConfig {
     pub max_stored_values: usize,
     /// Largest value payload accepted, in bytes.
     pub max_value_size: usize,
+    /// Most contacts of one IP address in one k-bucket and in its replacement cache, so that
+    /// one host making up ids cannot fill this node's view of the network; counted per IP and
+    /// port on loopback, where one-machine setups run every node on 127.0.0.1.
+    pub max_contacts_per_ip: usize,
     /// How often stale buckets are refreshed and old values republished (Python: one hour).
     pub refresh_interval: Duration,
     /// A bucket untouched for this long gets a refresh lookup (Python: one hour).
@@ -48,6 +52,7 @@ impl Default for NodeConfig {
             storage_ttl: Duration::from_secs(7 * 24 * 3600),
             max_stored_values: 100_000,
             max_value_size: 64 * 1024,
+            max_contacts_per_ip: crate::routing::DEFAULT_MAX_CONTACTS_PER_IP,
             refresh_interval: Duration::from_secs(3600),
             bucket_stale_after: Duration::from_secs(3600),
             republish_after: Duration::from_secs(3600),
@@ -67,6 +72,8 @@ pub enum ConfigError {
     ZeroOutstandingCalls,
     #[error("rpc_timeout must be longer than zero")]
     ZeroTimeout,
+    #[error("max_contacts_per_ip must be at least 1")]
+    ZeroContactsPerIp,
     #[error("datagram_loss must be a fraction from 0 to 1, not {0}")]
     DatagramLoss(String),
 }
@@ -84,6 +91,9 @@ impl NodeConfig {
         }
         if self.rpc_timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
+        }
+        if self.max_contacts_per_ip == 0 {
+            return Err(ConfigError::ZeroContactsPerIp);
         }
         if !(0.0..=1.0).contains(&self.datagram_loss) {
             return Err(ConfigError::DatagramLoss(self.datagram_loss.to_string()));

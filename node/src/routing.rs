@@ -1,6 +1,7 @@
 //! The routing table: k-buckets over the 160-bit id space, split the way the Python package
-//! splits them, each with a bounded replacement cache. Pure data, no I/O: the caller does the
-//! pinging that [`Insert::BucketFull`] asks for and reports failures with [`RoutingTable::remove`].
+//! splits them, each with a bounded replacement cache, and a cap on how much of each bucket one
+//! IP address holds (which Python lacks). Pure data, no I/O: the caller does the pinging that
+//! [`Insert::BucketFull`] asks for and reports failures with [`RoutingTable::remove`].
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,6 +15,23 @@ pub const REPLACEMENT_FACTOR: usize = 5;
 /// Python splits a full bucket that does not hold the own id only when its depth is not a
 /// multiple of this (section 4.2 of the Kademlia paper).
 const SPLIT_DEPTH_MODULUS: u32 = 5;
+
+/// Most contacts one IP address holds in one bucket (and in its replacement cache) unless
+/// configured otherwise: a few nodes behind one NAT or on one host still fit, while one host
+/// that makes up ids at will takes at most this many of a bucket's k slots, so it can neither
+/// fill the buckets near this node's id (an eclipse) nor force them to split.
+pub const DEFAULT_MAX_CONTACTS_PER_IP: usize = 3;
+
+/// What the per-IP cap counts a contact under: its IP address, except on loopback, where every
+/// node of a one-machine setup (tests, `dht-node cluster`) shares the IP and only the port tells
+/// nodes apart, so there the cap counts per IP and port.
+fn source_of(addr: &SocketAddr) -> SocketAddr {
+    if addr.ip().is_loopback() {
+        *addr
+    } else {
+        SocketAddr::new(addr.ip(), 0)
+    }
+}
 
 /// A [`Distance`] as big-endian integers (first 16 bytes, last 4), ordered the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,12 +53,34 @@ pub enum Insert {
     Added,
     /// The contact was known; it is now the most recently seen of its bucket.
     Refreshed,
-    /// The bucket is full and cannot split: the contact waits in the replacement cache. The
-    /// caller should ping `least_recent`; if it fails to answer, [`RoutingTable::remove`] it
-    /// and the newest replacement takes its place.
+    /// The bucket is full and cannot split, or the contact's IP address already holds its
+    /// share of the bucket: the contact waits in the replacement cache. The caller should ping
+    /// `least_recent` (in the second case the least recently seen contact of that IP, so that a
+    /// node restarted with a new id replaces its old self); if it fails to answer,
+    /// [`RoutingTable::remove`] it and the newest replacement that fits takes its place.
     BucketFull { least_recent: Contact },
     /// The contact carries the table's own id and is never stored.
     OwnId,
+}
+
+/// What [`Bucket::add`] did with a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BucketAdd {
+    /// In the bucket proper (new or refreshed).
+    Placed,
+    /// The bucket holds k contacts; the contact waits in the replacement cache.
+    Full,
+    /// The contact's IP already holds its share of the bucket; the contact waits in the
+    /// replacement cache. `least_recent` is that IP's least recently seen contact.
+    SourceFull { least_recent: Contact },
+}
+
+/// The bounds every bucket of a table keeps.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    k: usize,
+    max_replacements: usize,
+    max_per_ip: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -76,26 +116,66 @@ impl Bucket {
         Distance(out)
     }
 
-    /// Python's `KBucket.add_node`: true when the contact is in the bucket proper afterwards.
-    fn add(&mut self, contact: Contact, k: usize, max_replacements: usize) -> bool {
+    /// Python's `KBucket.add_node`, with at most `max_per_ip` contacts of one IP address.
+    fn add(&mut self, contact: Contact, limits: Limits) -> BucketAdd {
         if let Some(index) = self.contacts.iter().position(|known| known.id == contact.id) {
             // Most recently seen now; the known address stays, so that a datagram claiming
             // a known id from elsewhere cannot redirect it (Python ignores it too).
             let known = self.contacts.remove(index);
             self.contacts.push(known);
-            return true;
+            return BucketAdd::Placed;
         }
-        if self.contacts.len() < k {
+        let source = source_of(&contact.addr);
+        let mut same_source = self.contacts.iter().filter(|known| source_of(&known.addr) == source);
+        if let Some(least_recent) = same_source.next().copied() {
+            if 1 + same_source.count() >= limits.max_per_ip {
+                self.wait_as_replacement(contact, limits);
+                return BucketAdd::SourceFull { least_recent };
+            }
+        }
+        if self.contacts.len() < limits.k {
+            // It may have waited as a replacement under an address that had no room.
+            self.replacements.retain(|known| known.id != contact.id);
             self.contacts.push(contact);
-            return true;
+            return BucketAdd::Placed;
         }
+        self.wait_as_replacement(contact, limits);
+        BucketAdd::Full
+    }
+
+    /// Puts `contact` last in the replacement cache, where one IP address also keeps at most
+    /// `max_per_ip` entries (its oldest makes room), so that it cannot crowd out the others.
+    fn wait_as_replacement(&mut self, contact: Contact, limits: Limits) {
         self.replacements.retain(|known| known.id != contact.id);
+        let source = source_of(&contact.addr);
+        let same_source =
+            self.replacements.iter().filter(|known| source_of(&known.addr) == source).count();
+        if same_source >= limits.max_per_ip {
+            if let Some(oldest) =
+                self.replacements.iter().position(|known| source_of(&known.addr) == source)
+            {
+                self.replacements.remove(oldest);
+            }
+        }
         self.replacements.push(contact);
-        if self.replacements.len() > max_replacements {
-            let excess = self.replacements.len() - max_replacements;
+        if self.replacements.len() > limits.max_replacements {
+            let excess = self.replacements.len() - limits.max_replacements;
             self.replacements.drain(..excess);
         }
-        false
+    }
+
+    /// Moves the newest replacement whose IP address has room in the bucket proper into it.
+    fn promote_replacement(&mut self, limits: Limits) {
+        let contacts = &self.contacts;
+        let has_room = |candidate: &Contact| {
+            let source = source_of(&candidate.addr);
+            contacts.iter().filter(|known| source_of(&known.addr) == source).count()
+                < limits.max_per_ip
+        };
+        if let Some(position) = self.replacements.iter().rposition(has_room) {
+            let replacement = self.replacements.remove(position);
+            self.contacts.push(replacement);
+        }
     }
 
     /// Length of the id prefix that all contacts share (Python's `KBucket.depth`).
@@ -115,20 +195,30 @@ impl Bucket {
 #[derive(Clone, Debug)]
 pub struct RoutingTable {
     own_id: NodeId,
-    k: usize,
-    max_replacements: usize,
+    limits: Limits,
     /// Sorted by range, covering the whole id space without overlap.
     buckets: Vec<Bucket>,
 }
 
 impl RoutingTable {
+    /// A table with buckets of `k` and [`DEFAULT_MAX_CONTACTS_PER_IP`].
     pub fn new(own_id: NodeId, k: usize) -> RoutingTable {
         RoutingTable {
             own_id,
-            k,
-            max_replacements: k * REPLACEMENT_FACTOR,
+            limits: Limits {
+                k,
+                max_replacements: k * REPLACEMENT_FACTOR,
+                max_per_ip: DEFAULT_MAX_CONTACTS_PER_IP,
+            },
             buckets: vec![Bucket::new(NodeId::ZERO, NodeId::MAX, Instant::now())],
         }
+    }
+
+    /// At most `max` contacts of one IP address per bucket and per replacement cache (per IP
+    /// and port on loopback); 0 counts as 1. Contacts already held stay.
+    pub fn with_max_contacts_per_ip(mut self, max: usize) -> RoutingTable {
+        self.limits.max_per_ip = max.max(1);
+        self
     }
 
     /// Number of contacts in buckets proper (replacements not counted).
@@ -169,11 +259,18 @@ impl RoutingTable {
         let was_known = !self.is_new(&contact.id);
         loop {
             let index = self.bucket_index(&contact.id);
-            let (k, max_replacements) = (self.k, self.max_replacements);
+            let limits = self.limits;
             let bucket = &mut self.buckets[index];
             bucket.last_touched = Instant::now();
-            if bucket.add(contact, k, max_replacements) {
-                return if was_known { Insert::Refreshed } else { Insert::Added };
+            match bucket.add(contact, limits) {
+                BucketAdd::Placed => {
+                    return if was_known { Insert::Refreshed } else { Insert::Added };
+                }
+                // No split: one address must not make buckets split that others did not fill.
+                BucketAdd::SourceFull { least_recent } => {
+                    return Insert::BucketFull { least_recent }
+                }
+                BucketAdd::Full => {}
             }
             let splittable = bucket.low < bucket.high
                 && (bucket.covers(&self.own_id) || bucket.depth() % SPLIT_DEPTH_MODULUS != 0);
@@ -192,13 +289,14 @@ impl RoutingTable {
         let mut upper = Bucket::new(midpoint.successor(), bucket.high, bucket.last_touched);
         for contact in bucket.contacts.into_iter().chain(bucket.replacements) {
             let half = if contact.id <= midpoint { &mut lower } else { &mut upper };
-            half.add(contact, self.k, self.max_replacements);
+            half.add(contact, self.limits);
         }
         self.buckets.insert(index, upper);
         self.buckets.insert(index, lower);
     }
 
-    /// Removes a contact that failed to answer; the bucket's newest replacement takes its place.
+    /// Removes a contact that failed to answer; the bucket's newest replacement whose IP
+    /// address has room takes its place.
     pub fn remove(&mut self, id: &NodeId) -> bool {
         let index = self.bucket_index(id);
         let bucket = &mut self.buckets[index];
@@ -207,9 +305,7 @@ impl RoutingTable {
             return false;
         };
         bucket.contacts.remove(position);
-        if let Some(replacement) = bucket.replacements.pop() {
-            bucket.contacts.push(replacement);
-        }
+        bucket.promote_replacement(self.limits);
         true
     }
 
@@ -234,7 +330,7 @@ impl RoutingTable {
             .map(|(index, bucket)| (DistanceKey::of(&bucket.nearest_distance(target)), index))
             .collect();
         order.sort_unstable_by_key(|(key, _)| *key);
-        let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(count + self.k);
+        let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(count + self.limits.k);
         for (_, index) in order {
             if found.len() >= count {
                 break;
@@ -462,6 +558,148 @@ mod tests {
             assert!(bucket.contacts.iter().all(|c| bucket.covers(&c.id)));
             assert!(bucket.contacts.len() <= 3);
         }
+    }
+
+    /// A contact at `ip` (a documentation address unless loopback), port `port`.
+    fn contact_at(id: NodeId, ip: [u8; 4], port: u16) -> Contact {
+        Contact { id, addr: SocketAddr::from((ip, port)) }
+    }
+
+    fn held_from(table: &RoutingTable, ip: [u8; 4]) -> Vec<Contact> {
+        let ip = IpAddr::from(ip);
+        table.contacts().into_iter().filter(|c| c.addr.ip() == ip).collect()
+    }
+
+    #[test]
+    fn one_ip_holds_its_share_of_a_bucket_and_its_oldest_contact_is_to_be_pinged() {
+        let mut table = RoutingTable::new(NodeId::ZERO, 20);
+        let host = [192, 0, 2, 1];
+        let ids: Vec<NodeId> = (0..6).map(|i| id_with_first_byte(0x80, i)).collect();
+        for (port, id) in (1000..).zip(&ids[..DEFAULT_MAX_CONTACTS_PER_IP]) {
+            assert_eq!(table.add(contact_at(*id, host, port)), Insert::Added);
+        }
+        let oldest = contact_at(ids[0], host, 1000);
+        for (port, id) in (2000..).zip(&ids[DEFAULT_MAX_CONTACTS_PER_IP..]) {
+            assert_eq!(
+                table.add(contact_at(*id, host, port)),
+                Insert::BucketFull { least_recent: oldest },
+                "a bucket with room still refuses a fourth contact of one IP"
+            );
+        }
+        assert_eq!(held_from(&table, host).len(), DEFAULT_MAX_CONTACTS_PER_IP);
+        assert_eq!(table.bucket_count(), 1, "refused contacts split nothing");
+        // Other addresses still get in.
+        // Another address gets in, even with an id that waits as the capped IP's replacement:
+        // it leaves the replacement cache (no id is held twice).
+        assert_eq!(table.add(contact_at(ids[5], [192, 0, 2, 2], 1000)), Insert::Added);
+        // The oldest of the IP fails its ping: its newest waiting contact takes its place.
+        assert!(table.remove(&oldest.id));
+        let held: Vec<NodeId> = held_from(&table, host).iter().map(|c| c.id).collect();
+        assert_eq!(held, vec![ids[1], ids[2], ids[4]]);
+    }
+
+    #[test]
+    fn on_loopback_the_share_is_counted_per_port() {
+        let mut table = RoutingTable::new(NodeId::ZERO, 20).with_max_contacts_per_ip(2);
+        for port in 1..=20 {
+            assert_eq!(
+                table.add(contact_at(NodeId::random(), [127, 0, 0, 1], port)),
+                Insert::Added
+            );
+        }
+        assert_eq!(table.len(), 20, "one machine's nodes differ by port");
+        let mut crowded = RoutingTable::new(NodeId::ZERO, 20).with_max_contacts_per_ip(2);
+        let first = contact_at(id_with_first_byte(0x80, 1), [127, 0, 0, 1], 4000);
+        crowded.add(first);
+        crowded.add(contact_at(id_with_first_byte(0x80, 2), [127, 0, 0, 1], 4000));
+        assert_eq!(
+            crowded.add(contact_at(id_with_first_byte(0x80, 3), [127, 0, 0, 1], 4000)),
+            Insert::BucketFull { least_recent: first }
+        );
+    }
+
+    #[test]
+    fn the_share_is_configurable_and_at_least_one() {
+        for (configured, held) in [(1, 1), (0, 1), (5, 5)] {
+            let mut table =
+                RoutingTable::new(NodeId::ZERO, 20).with_max_contacts_per_ip(configured);
+            for port in 1..=10 {
+                table.add(contact_at(NodeId::random(), [198, 51, 100, 9], port));
+            }
+            assert_eq!(table.len(), held, "configured {configured}");
+        }
+    }
+
+    #[test]
+    fn a_flood_of_made_up_ids_from_one_ip_neither_evicts_nor_splits() {
+        let own = NodeId::random();
+        let mut table = RoutingTable::new(own, 20);
+        for i in 0..500u16 {
+            let [high, low] = i.to_be_bytes();
+            table.add(contact_at(NodeId::random(), [10, 1, high, low], 5678));
+        }
+        let honest = table.contacts();
+        let buckets = table.bucket_count();
+        let flooder = [203, 0, 113, 7];
+        for port in 0..20_000u16 {
+            // Half of the made-up ids share the own id's first 15 bytes: the buckets there
+            // would split again and again if one address could fill them.
+            let mut id = NodeId::random();
+            if port % 2 == 0 {
+                id.0[..15].copy_from_slice(&own.0[..15]);
+            }
+            table.add(contact_at(id, flooder, port));
+        }
+        assert_eq!(table.bucket_count(), buckets, "no bucket split for the flood");
+        for contact in &honest {
+            assert_eq!(table.get(&contact.id), Some(*contact), "an honest contact was evicted");
+        }
+        let flooded = IpAddr::from(flooder);
+        for bucket in &table.buckets {
+            let from_flooder =
+                |list: &Vec<Contact>| list.iter().filter(|c| c.addr.ip() == flooded).count();
+            assert!(from_flooder(&bucket.contacts) <= DEFAULT_MAX_CONTACTS_PER_IP);
+            assert!(from_flooder(&bucket.replacements) <= DEFAULT_MAX_CONTACTS_PER_IP);
+        }
+        assert!(held_from(&table, flooder).len() <= DEFAULT_MAX_CONTACTS_PER_IP * buckets);
+    }
+
+    #[test]
+    fn a_removed_contact_is_replaced_by_the_newest_replacement_whose_ip_has_room() {
+        let limits = Limits { k: 4, max_replacements: 20, max_per_ip: 2 };
+        let mut bucket = Bucket::new(NodeId::ZERO, NodeId::MAX, Instant::now());
+        let [a1, a2, a3, b1, c1, d1] = [
+            ([192, 0, 2, 1], 1),
+            ([192, 0, 2, 1], 2),
+            ([192, 0, 2, 1], 3),
+            ([192, 0, 2, 2], 1),
+            ([192, 0, 2, 3], 1),
+            ([192, 0, 2, 4], 1),
+        ]
+        .map(|(ip, port)| contact_at(NodeId::random(), ip, port));
+        for placed in [a1, a2, b1, c1] {
+            assert_eq!(bucket.add(placed, limits), BucketAdd::Placed);
+        }
+        assert_eq!(bucket.add(d1, limits), BucketAdd::Full);
+        assert_eq!(bucket.add(a3, limits), BucketAdd::SourceFull { least_recent: a1 });
+        assert_eq!(bucket.replacements, vec![d1, a3]);
+        bucket.contacts.retain(|c| c.id != c1.id);
+        bucket.promote_replacement(limits);
+        assert_eq!(bucket.contacts, vec![a1, a2, b1, d1], "a3 would be a third of its IP");
+        assert_eq!(bucket.replacements, vec![a3]);
+    }
+
+    #[test]
+    fn one_ip_keeps_at_most_its_share_of_the_replacement_cache() {
+        let limits = Limits { k: 1, max_replacements: 20, max_per_ip: 2 };
+        let mut bucket = Bucket::new(NodeId::ZERO, NodeId::MAX, Instant::now());
+        bucket.add(contact_at(NodeId::random(), [192, 0, 2, 9], 1), limits);
+        let waiting: Vec<Contact> =
+            (1..=5).map(|port| contact_at(NodeId::random(), [192, 0, 2, 1], port)).collect();
+        for contact in &waiting {
+            assert_eq!(bucket.add(*contact, limits), BucketAdd::Full);
+        }
+        assert_eq!(bucket.replacements, waiting[3..].to_vec(), "the newest two of the IP");
     }
 
     #[test]
