@@ -67,6 +67,17 @@ SERVICE_CIDR="10.96.0.0/16"
 # Components in start order.
 LOCAL_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# Bump when the flags a component starts with change: up.sh restarts a running cluster whose
+# $STATE_DIR/config-version differs, so a checkout never tests against stale settings.
+# 2: the API server's audit log; kube-controller-manager's longer node grace period.
+CLUSTER_CONFIG_VERSION=2
+
+# The API server logs (metadata only) every request of the ServiceAccounts in this group, for
+# the e2e test that compares the chart's RBAC with the calls the operator makes. The e2e suite
+# installs the chart in namespace kadscale-e2e-system (e2e/src/chart.rs RELEASE_NAMESPACE).
+AUDITED_GROUP="${KADSCALE_AUDITED_GROUP:-system:serviceaccounts:kadscale-e2e-system}"
+AUDIT_LOG="$LOG_DIR/audit.log"
+
 # Prints the pid of a component started by up.sh if that process is still the same binary
 # (a recycled pid belonging to something else is never signalled). A binary that build.sh has
 # replaced since the process started shows up as "PATH (deleted)".

@@ -157,14 +157,33 @@ start_apiserver() {
     --service-account-signing-key-file "$PKI_DIR/service-account.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --allow-privileged=true \
+    --audit-policy-file "$STATE_DIR/audit-policy.yaml" \
+    --audit-log-path "$AUDIT_LOG" \
+    --audit-log-maxsize 200 \
     --profiling=false
   wait_until "kube-apiserver /readyz" kube-apiserver 120 admin_kubectl get --raw /readyz
+}
+
+# Metadata (who, verb, resource, name, namespace, response code) of every request made by the
+# audited ServiceAccounts; nothing else, so the log stays small.
+write_audit_policy() {
+  cat >"$STATE_DIR/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["$AUDITED_GROUP"]
+  - level: None
+EOF
 }
 
 start_controllers() {
   local kcm_kubeconfig="$STATE_DIR/kube-controller-manager.kubeconfig"
   write_kubeconfig "$kcm_kubeconfig" kube-controller-manager
-  # Per-controller service account credentials exercise TokenRequest from the start.
+  # Per-controller service account credentials exercise TokenRequest from the start. The node
+  # grace period outlasts the e2e suite's 30 s API server outage (plus restart): kwok cannot renew
+  # its node leases meanwhile, and the default 50 s would mark every fake node NotReady.
   start_component kube-controller-manager \
     --kubeconfig "$kcm_kubeconfig" \
     --authentication-kubeconfig "$kcm_kubeconfig" \
@@ -180,6 +199,7 @@ start_controllers() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --kube-api-qps 200 \
     --kube-api-burst 400 \
+    --node-monitor-grace-period 2m \
     --profiling=false
 
   local scheduler_kubeconfig="$STATE_DIR/kube-scheduler.kubeconfig"
@@ -287,9 +307,11 @@ print_summary() {
   [[ "$1" == kind ]] || echo "  logs: $LOG_DIR"
 }
 
-# Healthy: every component runs the binary currently in the cache and the API server is ready.
+# Healthy: started with this checkout's flags, every component runs the binary currently in the
+# cache, and the API server is ready.
 local_cluster_healthy() {
   local name pid
+  [[ "$(cat "$STATE_DIR/config-version" 2>/dev/null)" == "$CLUSTER_CONFIG_VERSION" ]] || return 1
   for name in "${LOCAL_COMPONENTS[@]}"; do
     pid="$(recorded_pid "$name")" || return 1
     [[ "$(readlink "/proc/$pid/exe")" != *" (deleted)" ]] || return 1
@@ -317,7 +339,9 @@ up_local() {
   rm -rf "$LOG_DIR"
   mkdir -p "$STATE_DIR" "$PID_DIR" "$LOG_DIR"
   echo local >"$STATE_DIR/mode"
+  echo "$CLUSTER_CONFIG_VERSION" >"$STATE_DIR/config-version"
   generate_pki
+  write_audit_policy
   write_kubeconfig "$KUBECONFIG_PATH" admin
   echo "starting etcd on 127.0.0.1:$ETCD_CLIENT_PORT"
   start_etcd
@@ -361,4 +385,7 @@ main() {
   esac
 }
 
-main "$@"
+# Sourced by apiserver.sh for start_apiserver: then only the functions are defined.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

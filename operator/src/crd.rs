@@ -33,6 +33,14 @@ pub const DEFAULT_IMAGE: &str = "kadscale/kadscale:0.1.0";
     status = "DhtClusterStatus",
     derive = "PartialEq",
     doc = "A Kademlia DHT whose bootstrap tier follows its worker count.",
+    // validate::MAX_NAME and MAX_NAME_WITH_EXPOSE; a unit test keeps them in step.
+    validation = Rule::new(
+        "self.metadata.name.size() <= (has(self.spec.bootstrap.expose) ? 40 : 42)"
+    )
+    .message(
+        "metadata.name must be at most 42 characters (40 with spec.bootstrap.expose) so that \
+         the names of its children (NAME-bootstrap-HASH, NAME-bootstrap-N-external) fit in 63"
+    ),
     scale(
         spec_replicas_path = ".spec.workers.replicas",
         status_replicas_path = ".status.workers.replicas",
@@ -104,6 +112,7 @@ pub struct DhtClusterSpec {
     /// Container image holding `dht-node`. Unset: the operator's `--image` (default
     /// kadscale/kadscale:0.1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
     pub image: Option<String>,
     /// When the kubelet pulls the image.
     #[serde(default)]
@@ -209,9 +218,20 @@ pub enum BootstrapStrategy {
 /// The bootstrap tier.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.maxBootstrapNodes >= self.tiers.xlarge.bootstrapNodes")
-    .message("spec.bootstrap.maxBootstrapNodes must be at least spec.bootstrap.tiers.xlarge.bootstrapNodes")
-    .field_path(".maxBootstrapNodes"))]
+#[x_kube(
+    validation = Rule::new("self.maxBootstrapNodes >= self.tiers.xlarge.bootstrapNodes")
+        .message("spec.bootstrap.maxBootstrapNodes must be at least spec.bootstrap.tiers.xlarge.bootstrapNodes")
+        .field_path(".maxBootstrapNodes"),
+    // Bootstrap pod N gets port basePort + N, N up to maxBootstrapNodes - 1.
+    validation = Rule::new("!has(self.expose) || self.expose.basePort + self.maxBootstrapNodes - 1 <= 65535")
+        .message("spec.bootstrap.expose.basePort plus maxBootstrapNodes - 1 must not exceed 65535")
+        .field_path(".expose.basePort"),
+    validation = Rule::new(
+        "!has(self.expose) || !has(self.expose.nodePortBase) || self.expose.nodePortBase + self.maxBootstrapNodes - 1 <= 65535"
+    )
+    .message("spec.bootstrap.expose.nodePortBase plus maxBootstrapNodes - 1 must not exceed 65535")
+    .field_path(".expose.nodePortBase")
+)]
 pub struct BootstrapSpec {
     /// adaptive (by worker count), a fixed tier (small, medium, large, xlarge), or proportional
     /// (adaptive, raised so workers per bootstrap node stays within maxWorkersPerBootstrap).
@@ -592,8 +612,11 @@ impl Default for LoadBalancingSpec {
 }
 
 /// A NetworkPolicy for the cluster's pods.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.allowedCidrs) || self.allowedCidrs.all(c, isCIDR(c))")
+    .message("spec.networkPolicy.allowedCidrs must hold CIDRs such as 10.0.0.0/8 or fd00::/8")
+    .field_path(".allowedCidrs"))]
 pub struct NetworkPolicySpec {
     /// Create the NetworkPolicy: only this cluster's pods, the namespaces and CIDRs below reach
     /// the DHT port and the admin port.
@@ -602,9 +625,11 @@ pub struct NetworkPolicySpec {
     /// Namespaces (by name) whose pods may reach the DHT and admin ports, e.g. clients and
     /// Prometheus.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
     pub allowed_namespaces: Vec<String>,
     /// CIDRs that may reach the DHT port, e.g. nodes outside the cluster using bootstrap.expose.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 49)))]
     pub allowed_cidrs: Vec<String>,
 }
 
@@ -789,12 +814,17 @@ mod tests {
     /// Runs the CRD's CEL rules on `spec` locally (kube's `cel` feature), after applying the
     /// schema's defaults as the API server does; returns the failure messages.
     fn cel_failures(spec: serde_json::Value) -> Vec<String> {
+        cel_failures_named("dht", spec)
+    }
+
+    /// [`cel_failures`] of a DhtCluster named `name`.
+    fn cel_failures_named(name: &str, spec: serde_json::Value) -> Vec<String> {
         let crd = crd_json();
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let object = json!({
             "apiVersion": "kadscale.io/v1alpha1",
             "kind": "DhtCluster",
-            "metadata": {"name": "dht", "namespace": "default"},
+            "metadata": {"name": name, "namespace": "default"},
             "spec": spec,
         });
         match kube::core::cel::Validator::new().validate(schema, &object, None) {
@@ -850,6 +880,50 @@ mod tests {
             assert_eq!(failures.len(), 1, "{bootstrap}: {failures:?}");
             assert!(failures[0].contains(expected), "{bootstrap}: {failures:?}");
         }
+    }
+
+    #[test]
+    fn cel_rejects_expose_ports_past_65535_and_bad_cidrs() {
+        let cases = [
+            (json!({"bootstrap": {"expose": {"basePort": 65517}}}), "expose.basePort plus"),
+            (
+                json!({"bootstrap": {"expose": {"nodePortBase": 65520, "basePort": 5678}}}),
+                "expose.nodePortBase plus",
+            ),
+            (
+                json!({"networkPolicy": {"allowedCidrs": ["10.0.0.0/8", "10.1.2.3"]}}),
+                "allowedCidrs",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let failures = cel_failures(spec.clone());
+            assert_eq!(failures.len(), 1, "{spec}: {failures:?}");
+            assert!(failures[0].contains(expected), "{spec}: {failures:?}");
+        }
+        // The highest ports that fit: 65516 + 20 - 1 = 65535.
+        let fits = json!({
+            "bootstrap": {"expose": {"basePort": 65516, "nodePortBase": 65516}},
+            "networkPolicy": {"allowedCidrs": ["10.0.0.0/8", "fd00::/8", "192.168.1.7/32"]},
+        });
+        assert_eq!(cel_failures(fits), Vec::<String>::new());
+    }
+
+    /// The schema's name rule and the operator's own check agree at every length around the
+    /// limits, with and without expose.
+    #[test]
+    fn cel_name_rule_matches_the_operators_check() {
+        for spec in [json!({}), json!({"bootstrap": {"expose": {}}})] {
+            let typed: DhtClusterSpec = serde_json::from_value(spec.clone()).unwrap();
+            let settings = crate::validate::validate(&typed, DEFAULT_IMAGE).unwrap();
+            for len in 38..=44 {
+                let name = "a".repeat(len);
+                let schema_ok = cel_failures_named(&name, spec.clone()).is_empty();
+                let operator_ok = crate::validate::check_name(&name, &settings).is_ok();
+                assert_eq!(schema_ok, operator_ok, "{len} characters, spec {spec}");
+            }
+        }
+        let failures = cel_failures_named(&"a".repeat(43), json!({}));
+        assert!(failures[0].contains("metadata.name must be at most 42"), "{failures:?}");
     }
 
     /// Every DhtCluster in the README's YAML blocks (and the quick start's heredoc) is valid:

@@ -28,6 +28,10 @@ pub enum SpecError {
     ExposePortOverflow { field: &'static str, base: u32, extra: u32 },
     #[error("metadata.name {name:?} is {len} characters; at most {max} fit {why}")]
     NameTooLong { name: String, len: usize, max: usize, why: &'static str },
+    /// A label or annotation the API server would refuse on a child object: caught here so that
+    /// no child is half-applied and the message names the DhtCluster's field, not the child's.
+    #[error("spec.{field}: {what} {value:?} is invalid: {rule}")]
+    InvalidMetadata { field: String, what: &'static str, value: String, rule: &'static str },
 }
 
 /// Longest cluster name whose StatefulSet `NAME-bootstrap` still fits: the StatefulSet
@@ -122,6 +126,13 @@ pub fn validate(spec: &DhtClusterSpec, default_image: &str) -> Result<Settings, 
         check_expose(expose, policy.max_bootstrap_nodes)?;
     }
     check_node(&spec.node)?;
+    check_pod_metadata("workers", &spec.workers.pod)?;
+    check_pod_metadata("bootstrap", &bootstrap.pod)?;
+    if let Some(expose) = &bootstrap.expose {
+        for key in expose.annotations.keys() {
+            check_qualified_name("bootstrap.expose.annotations", "key", key)?;
+        }
+    }
     let image = spec.image.as_deref().unwrap_or(default_image).trim().to_string();
     if image.is_empty() {
         return Err(SpecError::EmptyImage);
@@ -194,6 +205,86 @@ fn check_expose(expose: &ExposeSpec, max_bootstrap_nodes: u32) -> Result<(), Spe
         }
     }
     Ok(())
+}
+
+/// Labels, annotations and node selector of one role's pods, by the API server's rules for
+/// object metadata (the schema cannot express them for map keys).
+fn check_pod_metadata(role: &str, pod: &PodSettings) -> Result<(), SpecError> {
+    for (map, field, values_are_labels) in [
+        (&pod.pod_labels, "podLabels", true),
+        (&pod.node_selector, "nodeSelector", true),
+        (&pod.pod_annotations, "podAnnotations", false),
+    ] {
+        let field = format!("{role}.{field}");
+        for (key, value) in map {
+            check_qualified_name(&field, "key", key)?;
+            if values_are_labels {
+                check_label_value(&field, value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[prefix/]name`: the prefix a DNS subdomain of at most 253 characters, the name at most 63
+/// alphanumerics, '-', '_' or '.', starting and ending alphanumeric.
+fn check_qualified_name(field: &str, what: &'static str, key: &str) -> Result<(), SpecError> {
+    let refuse = |rule| SpecError::InvalidMetadata {
+        field: field.to_string(),
+        what,
+        value: key.to_string(),
+        rule,
+    };
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(label_ok) {
+            return Err(refuse(
+                "the prefix before '/' must be a DNS subdomain (lowercase alphanumerics, '-' and \
+                 '.', at most 253 characters)",
+            ));
+        }
+    }
+    if name.is_empty() || !is_label_name(name) {
+        return Err(refuse(
+            "the name must be 1 to 63 alphanumerics, '-', '_' or '.', starting and ending with an \
+             alphanumeric, after an optional DNS-subdomain prefix and '/'",
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or what [`is_label_name`] accepts.
+fn check_label_value(field: &str, value: &str) -> Result<(), SpecError> {
+    if value.is_empty() || is_label_name(value) {
+        return Ok(());
+    }
+    Err(SpecError::InvalidMetadata {
+        field: field.to_string(),
+        what: "value",
+        value: value.to_string(),
+        rule: "a label value must be at most 63 alphanumerics, '-', '_' or '.', starting and \
+               ending with an alphanumeric",
+    })
+}
+
+/// At most 63 alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric.
+fn is_label_name(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
 fn in_range(field: &'static str, value: i32, min: u32, max: u32) -> Result<u32, SpecError> {
@@ -283,6 +374,30 @@ mod tests {
     }
 
     #[test]
+    fn labels_and_annotations_follow_the_api_servers_rules() {
+        let fine = json!({
+            "workers": {
+                "podLabels": {"team": "p2p", "example.com/tier": "", "a": "A.b_c-9"},
+                "podAnnotations": {"prometheus.io/scrape": "any value at all: ok"},
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+            },
+        });
+        validate(&spec(fine), DEFAULT_IMAGE).unwrap();
+        let long = "a".repeat(64);
+        for (labels, bad) in [
+            (json!({&long: "x"}), long.as_str()),
+            (json!({"x": &long}), long.as_str()),
+            (json!({"-team": "x"}), "-team"),
+            (json!({"team": "x y"}), "x y"),
+            (json!({"/team": "x"}), "/team"),
+        ] {
+            let message = error(json!({"workers": {"podLabels": labels}}));
+            assert!(message.starts_with("spec.workers.podLabels: "), "{message}");
+            assert!(message.contains(&format!("{bad:?}")), "{message}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (json!({"workers": {"replicas": -1}}), "spec.workers.replicas"),
@@ -301,6 +416,17 @@ mod tests {
             (json!({"node": {"connectionTimeoutSeconds": 0.0}}), "connectionTimeoutSeconds"),
             (json!({"node": {"fallback": {"retryDelaySeconds": -1.0}}}), "retryDelaySeconds"),
             (json!({"bootstrap": {"expose": {"basePort": 65530}}}), "expose.basePort"),
+            (json!({"workers": {"podLabels": {"bad key": "x"}}}), "spec.workers.podLabels"),
+            (json!({"workers": {"podLabels": {"team": "-x"}}}), "spec.workers.podLabels"),
+            (
+                json!({"bootstrap": {"nodeSelector": {"Example.com/x": "y"}}}),
+                "bootstrap.nodeSelector",
+            ),
+            (json!({"bootstrap": {"podAnnotations": {"a/b/c": "ok"}}}), "bootstrap.podAnnotations"),
+            (
+                json!({"bootstrap": {"expose": {"annotations": {"": "x"}}}}),
+                "bootstrap.expose.annotations",
+            ),
         ];
         for (value, field) in cases {
             let message = error(value.clone());
