@@ -10,8 +10,8 @@ demo:
     cargo build -p kadscale-node --bin dht-node
     "${CARGO_TARGET_DIR:-$PWD/target}/debug/dht-node" cluster --workers 10 --scenario scenarios/demo.txt
 
-# Every benchmark (micro, rpc, join); figures, machine, load and commands go to BENCHMARKS.md.
-bench: bench-micro bench-rpc bench-join
+# Every benchmark (micro, rpc, join, operator); figures, machine, load and commands go to BENCHMARKS.md.
+bench: bench-micro bench-rpc bench-join bench-operator
 
 # Criterion benches (codec, routing table at 10k contacts, selection), short; to BENCHMARKS.md.
 bench-micro:
@@ -26,6 +26,11 @@ bench-rpc: interop-venv
 bench-join:
     cargo build --release -p kadscale-node --bin dht-node
     bench/join.sh
+
+# The operator on a control plane of its own (e2e/.run-bench, port 26443): scale latency, tier plot, 100 DhtClusters, CPU, RSS; to BENCHMARKS.md.
+bench-operator:
+    cargo build --release -p kadscale-operator --bin dht-operator -p kadscale-e2e --bin operator-bench
+    bench/operator.sh
 
 # Rust unit and integration tests of the whole workspace (the e2e crate runs in test-e2e).
 test-unit:

@@ -17,12 +17,15 @@
 //!
 //! Operator logs and the ServiceAccount kubeconfig stay in target/e2e/ after a run.
 
+pub mod bench;
 pub mod chart;
 pub mod cluster;
 pub mod command;
 pub mod dht;
 pub mod operator;
 pub mod paths;
+pub mod plot;
+pub mod process;
 pub mod scenario;
 pub mod wait;
 pub mod watch;

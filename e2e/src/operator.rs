@@ -137,10 +137,20 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts `dht-operator run` as the release's ServiceAccount.
+    /// Starts `dht-operator run` as the release's ServiceAccount, logging at debug level.
     pub async fn start(
         release: &Release,
         settings: OperatorSettings<'_>,
+    ) -> Result<OperatorProcess> {
+        Self::start_with_log_filter(release, settings, "info,kadscale_operator=debug").await
+    }
+
+    /// [`OperatorProcess::start`] with `RUST_LOG=log_filter` (the benchmark measures the operator
+    /// at the chart's level, `info`, not with the tests' debug logging).
+    pub async fn start_with_log_filter(
+        release: &Release,
+        settings: OperatorSettings<'_>,
+        log_filter: &str,
     ) -> Result<OperatorProcess> {
         let binary = operator_binary().await?;
         let kubeconfig = service_account_kubeconfig(release).await?;
@@ -162,7 +172,7 @@ impl OperatorProcess {
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", settings.identity)
-            .env("RUST_LOG", "info,kadscale_operator=debug")
+            .env("RUST_LOG", log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -176,6 +186,11 @@ impl OperatorProcess {
             log_path.display()
         );
         Ok(OperatorProcess { child, identity: settings.identity.to_string(), admin_addr, log_path })
+    }
+
+    /// The process id (for /proc/PID: CPU time and memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Fails if the process has exited (with the tail of its log).
