@@ -2,16 +2,16 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Run every test suite: unit, interop, e2e.
-test: test-unit test-interop test-e2e
+# Run every test suite: unit, interop, e2e, and the benchmarks at a tiny size.
+test: test-unit test-fuzz test-interop test-e2e test-bench-smoke
 
 # A whole DHT in one process on 127.0.0.1: 10 -> 60 -> 300 workers, a bootstrap node killed on the way.
 demo:
     cargo build -p kadscale-node --bin dht-node
     "${CARGO_TARGET_DIR:-$PWD/target}/debug/dht-node" cluster --workers 10 --scenario scenarios/demo.txt
 
-# Every benchmark (micro, rpc, join, operator); figures, machine, load and commands go to BENCHMARKS.md.
-bench: bench-micro bench-rpc bench-join bench-operator
+# Every benchmark (micro, rpc, join, operator, storm, capacity); figures, machine, load and commands go to BENCHMARKS.md.
+bench: bench-micro bench-rpc bench-join bench-operator bench-storm bench-capacity
 
 # Criterion benches (codec, routing table at 10k contacts, selection), short; to BENCHMARKS.md.
 bench-micro:
@@ -27,6 +27,22 @@ bench-join:
     cargo build --release -p kadscale-node --bin dht-node
     bench/join.sh
 
+# Join storms side by side, Python kademlia vs dht-node, 100/500/1,000 workers (~1 min); to BENCHMARKS.md and bench/join-storm.svg.
+bench-storm: interop-venv
+    cargo build --release -p kadscale-node --bin dht-node --bin join-load
+    bench/storm.sh
+
+# Joins/s one bootstrap node sustains with p99 under 100 ms, dht-node vs Python, one core each (~1 min); to BENCHMARKS.md.
+bench-capacity: interop-venv
+    cargo build --release -p kadscale-node --bin dht-node --bin join-load
+    bench/capacity.sh
+
+# bench-storm (10 workers) and bench-capacity (one step) at a tiny size, checked; BENCHMARKS.md untouched.
+test-bench-smoke: interop-venv
+    cargo build -p kadscale-node --bin dht-node --bin join-load
+    bench/storm.sh --smoke
+    bench/capacity.sh --smoke
+
 # The operator on a control plane of its own (e2e/.run-bench, port 26443): scale latency, tier plot, 100 DhtClusters, CPU, RSS; to BENCHMARKS.md.
 bench-operator:
     cargo build --release -p kadscale-operator --bin dht-operator -p kadscale-e2e --bin operator-bench
@@ -35,6 +51,10 @@ bench-operator:
 # Rust unit and integration tests of the whole workspace (the e2e crate runs in test-e2e).
 test-unit:
     cargo test --workspace --exclude kadscale-e2e --all-targets
+
+# The datagram decoder's fuzz target (cargo-fuzz, stable) for a fixed number of inputs (~10 s).
+test-fuzz runs="500000":
+    node/fuzz/run.sh {{runs}}
 
 # End-to-end tests of the chart, the operator and the image, on the test cluster (started if down).
 test-e2e mode="local": (cluster-up mode) image-oci

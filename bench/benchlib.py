@@ -1,0 +1,126 @@
+"""Shared by bench/storm.py and bench/capacity.py: how each system's nodes are started, and
+what is read about a process (CPU seconds, RSS) from /proc. Standard library only."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+# The benchmarks use release binaries; the smoke tests of `just test` the debug ones it builds.
+BIN_DIR = os.path.join(TARGET_DIR, os.environ.get("BENCH_PROFILE", "release"))
+DHT_NODE = os.path.join(BIN_DIR, "dht-node")
+JOIN_LOAD = os.path.join(BIN_DIR, "join-load")
+PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+# The replaced deployment's bucket size; both systems run with it, so answers are the same size.
+K = 25
+SYSTEMS = ("python", "dht-node")
+LABELS = {"python": "Python kademlia 2.2.3", "dht-node": "dht-node"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a running process (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory_bytes(pid):
+    """(VmRSS, RssAnon) of a running process from /proc/PID/status: all resident pages, and
+    the private heap and stacks alone (RSS also counts the mapped pages of the executable and
+    shared libraries, which every process running the same binary shares)."""
+    found = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon"):
+                found[name] = int(value.split()[0]) * 1024
+    if len(found) != 2:
+        raise RuntimeError(f"/proc/{pid}/status lacks VmRSS or RssAnon (has the process exited?)")
+    return found["VmRSS"], found["RssAnon"]
+
+
+def udp_receive_buffer_errors():
+    """Datagrams the kernel dropped because a UDP socket's receive buffer was full (all sockets,
+    the RcvbufErrors counter of /proc/net/snmp)."""
+    with open("/proc/net/snmp") as snmp:
+        rows = [line.split() for line in snmp if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+def udp_ports_in_use():
+    with open("/proc/net/udp") as sockets:
+        return {int(line.split()[1].split(":")[1], 16) for line in list(sockets)[1:]}
+
+
+def free_base_port(span):
+    """A port P such that P..P+span-1 are free now (UDP), below the kernel's ephemeral range
+    (ip_local_port_range, 32768 and up by default) so that no worker's socket takes them."""
+    in_use = udp_ports_in_use()
+    while True:
+        base = random.randint(20000, 32000 - span)
+        if not in_use.intersection(range(base, base + span)):
+            return base
+
+
+def bootstrap_command(system, port, peers, core=None):
+    """The command of one bootstrap node as its system runs it: one node per process.
+    `peers`: "host:port,..." of the bootstrap nodes started before it (empty for the first)."""
+    pin = ["taskset", "-c", str(core)] if core is not None else []
+    if system == "python":
+        env = ["env", f"DHT_PORT={port}", "DHT_HOST=127.0.0.1", f"DHT_KSIZE={K}",
+               f"BOOTSTRAP_NODES={peers}"]
+        return env + pin + [PYTHON, os.path.join(REPO, "interop", "pyworker.py")]
+    command = pin + [DHT_NODE, "bootstrap", "--port", str(port), "--host", "127.0.0.1",
+                     "--k", str(K)]
+    return command + (["--bootstrap", peers] if peers else [])
+
+
+def display(command):
+    """A command line for BENCHMARKS.md, with the repository's paths made relative."""
+    return " ".join(command).replace(REPO + "/", "")
+
+
+def start(command, log, stdin=None, stdout=None):
+    return subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=log, text=True,
+                            cwd=REPO)
+
+
+def wait_listening(process, port, patience=15.0):
+    """Waits until `process` is alive and a UDP socket is bound to port `port` (from
+    /proc/net/udp). Not a ping: a Python node adds every pinger to its routing table, and a
+    prober that then goes away would be handed to the joining workers as a dead contact."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} (port {port}) exited with {process.returncode}")
+        if port in udp_ports_in_use():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on UDP port {port} after {patience} s")
+
+
+def stop(process, patience=10.0):
+    """SIGTERM, then SIGKILL after `patience` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(patience)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def percentile(values, fraction):
+    """Nearest rank (the index rounded), as join-load computes it; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[round((len(ordered) - 1) * fraction)]
+
+
+def mib(nbytes):
+    return nbytes / (1024 * 1024)

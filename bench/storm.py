@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""bench-storm: N workers join at once through the bootstrap tier the policy gives for N, once
+with Python kademlia 2.2.3 nodes and once with dht-node, laid out the same way: every
+bootstrap node a process of its own (pyworker.py / dht-node bootstrap), workers GROUP to a
+process (bench/pystorm.py / join-load workers), because 1,000 Python processes do not fit in
+memory. Both use k = 25 (the replaced deployment's) and alpha = 3.
+
+Measured per run: time from `go` until the last worker joined, join latency p50/p99 (each
+worker from its own start of bootstrap), failed joins, CPU seconds of every process of the
+run during the storm, RSS per node (a worker process's RSS divided by the nodes in it; a
+bootstrap process's RSS). Writes a JSON file, a Markdown fragment and an SVG plot.
+"""
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from xml.sax.saxutils import escape
+
+import benchlib
+from benchlib import JOIN_LOAD, K, LABELS, PYTHON, SYSTEMS
+
+GROUP_COMMANDS = {
+    "python": lambda count, seeds, deadline: [
+        PYTHON, "bench/pystorm.py", "--count", str(count), "--bootstrap", seeds,
+        "--k", str(K), "--deadline-secs", str(deadline)],
+    "dht-node": lambda count, seeds, deadline: [
+        JOIN_LOAD, "workers", "--count", str(count), "--bootstrap", seeds,
+        "--k", str(K), "--deadline-secs", str(deadline)],
+}
+
+
+def plan(sizes):
+    """{workers: (tier, bootstrap nodes)} from the policy's own code (join-load plan)."""
+    output = subprocess.run([JOIN_LOAD, "plan", "--workers", ",".join(map(str, sizes))],
+                            check=True, capture_output=True, text=True).stdout
+    plans = [json.loads(line) for line in output.splitlines()]
+    return {p["workers"]: (p["tier"], p["bootstrap_nodes"]) for p in plans}
+
+
+def read_line(process, what):
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{what} (pid {process.pid}) exited without a line "
+                           f"(exit code {process.poll()}); see its log")
+    return json.loads(line)
+
+
+def run_storm(system, workers, bootstraps, group, deadline, log):
+    """One storm: start the tier, then the worker processes, then `go`; the figures."""
+    base = benchlib.free_base_port(bootstraps)
+    tier_processes, commands = [], {}
+    groups = []
+    try:
+        seeds = []
+        for index in range(bootstraps):
+            command = benchlib.bootstrap_command(system, base + index, ",".join(seeds))
+            commands.setdefault("bootstrap", benchlib.display(command))
+            tier_processes.append(benchlib.start(command, log))
+            benchlib.wait_listening(tier_processes[-1], base + index)
+            seeds.append(f"127.0.0.1:{base + index}")
+        # The tier's own joins settle before the workers come.
+        time.sleep(0.5)
+        all_seeds = ",".join(seeds)
+        for first in range(0, workers, group):
+            command = GROUP_COMMANDS[system](min(group, workers - first), all_seeds, deadline)
+            commands.setdefault("workers", benchlib.display(command))
+            groups.append(benchlib.start(command, log, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE))
+        for process in groups:
+            read_line(process, "worker process")
+        processes = tier_processes + groups
+        cpu_before = [benchlib.cpu_seconds(p.pid) for p in processes]
+        drops_before = benchlib.udp_receive_buffer_errors()
+        go = time.monotonic()
+        for process in groups:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        nodes = [node for process in groups for node in read_line(process, "worker process")["nodes"]]
+        drops = benchlib.udp_receive_buffer_errors() - drops_before
+        cpu = [benchlib.cpu_seconds(p.pid) - before for p, before in zip(processes, cpu_before)]
+        memory = [benchlib.memory_bytes(p.pid) for p in processes]
+    finally:
+        for process in groups:
+            if process.stdin and not process.stdin.closed:
+                process.stdin.close()
+        for process in groups + tier_processes:
+            benchlib.stop(process)
+    joined = [node for node in nodes if node["ok"]]
+    latencies = [node["end"] - node["start"] for node in joined]
+    return {
+        "system": system,
+        "workers": workers,
+        "bootstrap_nodes": bootstraps,
+        "worker_processes": len(groups),
+        "joined": len(joined),
+        "failed": len(nodes) - len(joined),
+        "all_joined_after_secs": (max(node["end"] for node in nodes) - go
+                                  if len(joined) == len(nodes) == workers else None),
+        "last_join_after_secs": max((node["end"] for node in joined), default=go) - go,
+        "join_p50_ms": milliseconds(benchlib.percentile(latencies, 0.50)),
+        "join_p99_ms": milliseconds(benchlib.percentile(latencies, 0.99)),
+        "cpu_seconds_bootstrap": sum(cpu[:bootstraps]),
+        "cpu_seconds_workers": sum(cpu[bootstraps:]),
+        "receive_buffer_drops": drops,
+        "rss_per_worker_node_bytes": sum(rss for rss, _ in memory[bootstraps:]) / workers,
+        "anon_per_worker_node_bytes": sum(anon for _, anon in memory[bootstraps:]) / workers,
+        "rss_per_bootstrap_node_bytes": sum(rss for rss, _ in memory[:bootstraps]) / bootstraps,
+        "anon_per_bootstrap_node_bytes": sum(anon for _, anon in memory[:bootstraps]) / bootstraps,
+        "commands": commands,
+    }
+
+
+def milliseconds(seconds):
+    return None if seconds is None else seconds * 1e3
+
+
+def ratio(numerator, denominator):
+    return numerator / denominator if numerator and denominator else None
+
+
+def compare(runs, sizes):
+    """Python / dht-node ratios per worker count (higher: dht-node better)."""
+    by_key = {(run["system"], run["workers"]): run for run in runs}
+    comparisons = []
+    for workers in sizes:
+        python, dht = by_key.get(("python", workers)), by_key.get(("dht-node", workers))
+        if not (python and dht):
+            continue
+        python_time = python["all_joined_after_secs"] or python["last_join_after_secs"]
+        comparisons.append({
+            "workers": workers,
+            "full_join": ratio(python_time, dht["all_joined_after_secs"]),
+            "python_all_joined": python["all_joined_after_secs"] is not None,
+            "rss_per_worker_node": ratio(python["rss_per_worker_node_bytes"],
+                                         dht["rss_per_worker_node_bytes"]),
+            "rss_per_bootstrap_node": ratio(python["rss_per_bootstrap_node_bytes"],
+                                            dht["rss_per_bootstrap_node_bytes"]),
+            "anon_per_worker_node": ratio(python["anon_per_worker_node_bytes"],
+                                          dht["anon_per_worker_node_bytes"]),
+            "anon_per_bootstrap_node": ratio(python["anon_per_bootstrap_node_bytes"],
+                                             dht["anon_per_bootstrap_node_bytes"]),
+            "cpu_seconds": ratio(python["cpu_seconds_bootstrap"] + python["cpu_seconds_workers"],
+                                 dht["cpu_seconds_bootstrap"] + dht["cpu_seconds_workers"]),
+        })
+    return comparisons
+
+
+def number(value, digits=1, unit=""):
+    return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def markdown(report, svg_link):
+    runs, comparisons = report["runs"], report["comparisons"]
+    group = report["group"]
+    lines = [
+        f"Run {report['started']}, {report['machine']} at start, "
+        f"{report['load_average_at_end']} at end (the machine is shared).",
+        "",
+        "Layout, the same for both systems: every bootstrap node is a process of its own (pyworker.py, "
+        f"`dht-node bootstrap`); workers run {group} to a process (bench/pystorm.py, `join-load workers`), "
+        "because 1,000 Python processes at 25 to 40 MB each do not fit in this machine's memory. All on "
+        f"127.0.0.1, k = {K}, alpha = 3. Each worker process listens, then on `go` all its workers join at "
+        "once: Python's `bootstrap()` with every bootstrap node, dht-node's bootstrap manager with its "
+        "defaults (round robin, 3 seeds per join, retries with backoff). Joined: Python's `bootstrap()` "
+        "returned within 60 s with a non-empty routing table (it does not retry); dht-node's manager "
+        "reported it joined within 60 s.",
+        "",
+        f"Memory: RSS per worker node = the worker processes' RSS / workers (each process's interpreter "
+        f"or runtime shared by {group} nodes); per bootstrap node = a bootstrap process's RSS. In "
+        "parentheses the anonymous part (RssAnon: heap and stacks), without the mapped pages of the "
+        "executable and libraries, which processes running the same binary share.",
+        "",
+        "| workers | bootstrap nodes (tier) | system | all joined after | join p50 | join p99 | failed joins "
+        "| CPU s bootstrap + workers | RSS per worker node (anon) | RSS per bootstrap node (anon) "
+        "| receive-buffer drops |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        all_joined = run["all_joined_after_secs"]
+        after = (f"**{all_joined:.2f} s**" if all_joined is not None
+                 else f"not all (last join {run['last_join_after_secs']:.2f} s)")
+        lines.append(
+            f"| {run['workers']} | {run['bootstrap_nodes']} ({run['tier']}) | {LABELS[run['system']]} "
+            f"| {after} | {number(run['join_p50_ms'], 1, ' ms')} | {number(run['join_p99_ms'], 1, ' ms')} "
+            f"| {run['failed']} | {run['cpu_seconds_bootstrap']:.2f} + {run['cpu_seconds_workers']:.2f} "
+            f"| {benchlib.mib(run['rss_per_worker_node_bytes']):.3f} MiB "
+            f"({benchlib.mib(run['anon_per_worker_node_bytes']):.3f}) "
+            f"| {benchlib.mib(run['rss_per_bootstrap_node_bytes']):.1f} MiB "
+            f"({benchlib.mib(run['anon_per_bootstrap_node_bytes']):.1f}) | {run['receive_buffer_drops']} |")
+    lines += [
+        "",
+        "Ratios, Python / dht-node, same run (targets: at least 20x faster to a full join, at least "
+        "10x less memory per node):",
+        "",
+        "| workers | time to full join | RSS per worker node (anon) | RSS per bootstrap node (anon) "
+        "| CPU seconds |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for c in comparisons:
+        full = number(c["full_join"], 1, "x")
+        if c["full_join"] is not None and not c["python_all_joined"]:
+            full += " (to Python's last join; not all joined)"
+        lines.append(
+            f"| {c['workers']} | **{full}** | **{number(c['rss_per_worker_node'], 1, 'x')}** "
+            f"({number(c['anon_per_worker_node'], 1, 'x')}) | {number(c['rss_per_bootstrap_node'], 1, 'x')} "
+            f"({number(c['anon_per_bootstrap_node'], 1, 'x')}) | {number(c['cpu_seconds'], 1, 'x')} |")
+    verdicts = []
+    for target, key, goal in (("20x faster to a full join", "full_join", 20),
+                              ("10x less RSS per worker node", "rss_per_worker_node", 10),
+                              ("10x less RSS per bootstrap node", "rss_per_bootstrap_node", 10)):
+        missed = [str(c["workers"]) for c in comparisons if (c[key] or 0) < goal]
+        verdicts.append(f"{target}: " + (f"**missed** at {', '.join(missed)} workers"
+                                         if missed else "met at every size"))
+    not_all = [str(c["workers"]) for c in comparisons if not c["python_all_joined"]]
+    if not_all:
+        verdicts.append(f"Python did not join every worker at {', '.join(not_all)} workers, so the "
+                        "full-join ratio there is to its last successful join and understates the gap")
+    lines += ["", "Targets in this run: " + "; ".join(verdicts) + ".", "",
+              f"![join time against worker count]({svg_link})", "",
+              "Commands (`just bench-storm` runs them; ports vary, one bootstrap command per "
+              f"bootstrap node, one worker command per {group} workers):", "", "```"]
+    for system in SYSTEMS:
+        first = next((run for run in runs if run["system"] == system), None)
+        if first:
+            lines += [first["commands"]["bootstrap"], first["commands"]["workers"]]
+    lines += ["```"]
+    return "\n".join(lines) + "\n"
+
+
+def svg_plot(runs):
+    """Join time (log scale) against worker count, one line per system: time until every
+    worker joined (solid) and join p99 (dashed)."""
+    width, height = 640, 400
+    left, right, top, bottom = 70, 190, 40, 50
+    sizes = sorted({run["workers"] for run in runs})
+    series = []
+    colors = {"python": "#3572a5", "dht-node": "#dea584"}
+    for system in SYSTEMS:
+        system_runs = sorted((r for r in runs if r["system"] == system), key=lambda r: r["workers"])
+        full = [(r["workers"], r["all_joined_after_secs"] or r["last_join_after_secs"]) for r in system_runs]
+        p99 = [(r["workers"], (r["join_p99_ms"] or 0) / 1e3) for r in system_runs]
+        series.append((f"{LABELS[system]}: all joined", colors[system], "", full))
+        series.append((f"{LABELS[system]}: join p99", colors[system], "6,4", p99))
+    values = [y for _, _, _, points in series for _, y in points if y and y > 0]
+    low = 10 ** math.floor(math.log10(min(values)))
+    high = 10 ** math.ceil(math.log10(max(values)))
+    x_low, x_high = min(sizes), max(sizes)
+
+    def x_of(workers):
+        span = x_high - x_low or 1
+        return left + (workers - x_low) / span * (width - left - right)
+
+    def y_of(seconds):
+        fraction = (math.log10(max(seconds, low)) - math.log10(low)) / (math.log10(high) - math.log10(low))
+        return height - bottom - fraction * (height - top - bottom)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{left}" y="22" font-size="14">Join storm: time against worker count '
+             f'(log scale)</text>']
+    decade = low
+    while decade <= high * 1.0001:
+        y = y_of(decade)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>')
+        label = f"{decade:g} s"
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+        decade *= 10
+    for workers in sizes:
+        x = x_of(workers)
+        parts.append(f'<line x1="{x:.1f}" y1="{height - bottom}" x2="{x:.1f}" y2="{top}" stroke="#eee"/>')
+        parts.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{workers}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 12}" '
+                 f'text-anchor="middle">workers joining at once</text>')
+    parts.append(f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>')
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>')
+    for index, (name, color, dash, points) in enumerate(series):
+        coords = " ".join(f"{x_of(w):.1f},{y_of(s):.1f}" for w, s in points if s and s > 0)
+        dashing = f' stroke-dasharray="{dash}"' if dash else ""
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"{dashing}/>')
+        for w, s in points:
+            if s and s > 0:
+                parts.append(f'<circle cx="{x_of(w):.1f}" cy="{y_of(s):.1f}" r="3" fill="{color}"/>')
+        y = top + 10 + index * 18
+        parts.append(f'<line x1="{width - right + 12}" y1="{y}" x2="{width - right + 36}" y2="{y}" '
+                     f'stroke="{color}" stroke-width="2"{dashing}/>')
+        parts.append(f'<text x="{width - right + 40}" y="{y + 4}" font-size="10">{escape(name)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def check(report):
+    """The smoke test's assertions: every worker joined, figures are sane."""
+    problems = []
+    for run in report["runs"]:
+        name = f"{run['system']} with {run['workers']} workers"
+        if run["joined"] != run["workers"] or run["failed"]:
+            problems.append(f"{name}: {run['joined']} joined, {run['failed']} failed")
+        if not run["all_joined_after_secs"] or not run["join_p99_ms"]:
+            problems.append(f"{name}: no full-join time or p99")
+        if run["rss_per_worker_node_bytes"] <= 0 or run["rss_per_bootstrap_node_bytes"] <= 0:
+            problems.append(f"{name}: no RSS measured")
+    return problems
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,500,1000", help="worker counts, comma-separated")
+    parser.add_argument("--group", type=int, default=50, help="worker nodes per process")
+    parser.add_argument("--deadline-secs", type=float, default=60.0)
+    parser.add_argument("--machine", default="", help="machine description for the report")
+    parser.add_argument("--json", required=True, help="where the figures go")
+    parser.add_argument("--markdown", help="where the BENCHMARKS.md fragment goes")
+    parser.add_argument("--svg", help="where the plot goes")
+    parser.add_argument("--svg-link", help="the plot's link in the fragment (default --svg)")
+    parser.add_argument("--log", required=True, help="the nodes' stderr")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 unless every worker joined (the smoke test)")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    tiers = plan(sizes)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    runs = []
+    with open(args.log, "w") as log:
+        for system in SYSTEMS:
+            for workers in sizes:
+                tier, bootstraps = tiers[workers]
+                print(f"bench-storm: {system}, {workers} workers, {bootstraps} bootstrap nodes ({tier})",
+                      file=sys.stderr, flush=True)
+                run = run_storm(system, workers, bootstraps, args.group, args.deadline_secs, log)
+                run["tier"] = tier
+                print(f"  all joined after {run['all_joined_after_secs']}, p50 {run['join_p50_ms']} ms, "
+                      f"p99 {run['join_p99_ms']} ms, failed {run['failed']}", file=sys.stderr, flush=True)
+                runs.append(run)
+    with open("/proc/loadavg") as loadavg:
+        load_at_end = " ".join(loadavg.read().split()[:3])
+    report = {"started": started, "machine": args.machine, "load_average_at_end": load_at_end,
+              "group": args.group, "runs": runs, "comparisons": compare(runs, sizes)}
+    with open(args.json, "w") as out:
+        json.dump(report, out, indent=2)
+    if args.svg:
+        with open(args.svg, "w") as out:
+            out.write(svg_plot(runs))
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(markdown(report, args.svg_link or args.svg))
+    if args.check:
+        problems = check(report)
+        for problem in problems:
+            print(f"bench-storm: FAILED: {problem}", file=sys.stderr)
+        if problems:
+            sys.exit(1)
+        summary = ", ".join(f"{run['system']} {run['workers']}/{run['workers']}" for run in runs)
+        print(f"bench-storm: ok, every worker joined ({summary})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
