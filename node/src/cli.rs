@@ -444,6 +444,8 @@ async fn run_node(
             };
             let state = AdminState { registry: Arc::new(registry), ready };
             let admin_stop = stop.clone();
+            // The bound address: with port 0 (tests), the log is how callers learn the port.
+            let addr = listener.local_addr().context("reading the admin server's address")?;
             tracing::info!(%addr, "admin server listening");
             Some(tokio::spawn(admin::serve(listener, state, async move {
                 admin_stop.cancelled().await
