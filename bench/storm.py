@@ -121,17 +121,18 @@ def ratio(numerator, denominator):
     return numerator / denominator if numerator and denominator else None
 
 
-def compare(runs, sizes):
-    """Python / dht-node ratios per worker count (higher: dht-node better)."""
-    by_key = {(run["system"], run["workers"]): run for run in runs}
+def compare(runs):
+    """Python / dht-node ratios per worker count and layout (higher: dht-node better)."""
+    by_key = {(run["system"], run["workers"], run["group"]): run for run in runs}
     comparisons = []
-    for workers in sizes:
-        python, dht = by_key.get(("python", workers)), by_key.get(("dht-node", workers))
+    for workers, group in dict.fromkeys((run["workers"], run["group"]) for run in runs):
+        python, dht = by_key.get(("python", workers, group)), by_key.get(("dht-node", workers, group))
         if not (python and dht):
             continue
         python_time = python["all_joined_after_secs"] or python["last_join_after_secs"]
         comparisons.append({
             "workers": workers,
+            "group": group,
             "full_join": ratio(python_time, dht["all_joined_after_secs"]),
             "python_all_joined": python["all_joined_after_secs"] is not None,
             "rss_per_worker_node": ratio(python["rss_per_worker_node_bytes"],
@@ -152,6 +153,10 @@ def number(value, digits=1, unit=""):
     return "-" if value is None else f"{value:,.{digits}f}{unit}"
 
 
+def layout(comparison):
+    return f"{comparison['workers']} workers ({comparison['group']} per process)"
+
+
 def markdown(report, svg_link):
     runs, comparisons = report["runs"], report["comparisons"]
     group = report["group"]
@@ -161,7 +166,8 @@ def markdown(report, svg_link):
         "",
         "Layout, the same for both systems: every bootstrap node is a process of its own (pyworker.py, "
         f"`dht-node bootstrap`); workers run {group} to a process (bench/pystorm.py, `join-load workers`), "
-        "because 1,000 Python processes at 25 to 40 MB each do not fit in this machine's memory. All on "
+        "because 1,000 Python processes at 25 to 40 MB each do not fit in this machine's memory; the rows "
+        "with 1 node per worker process run every worker as a process of its own, as pods do. All on "
         f"127.0.0.1, k = {K}, alpha = 3. Each worker process listens, then on `go` all its workers join at "
         "once: Python's `bootstrap()` with every bootstrap node, dht-node's bootstrap manager with its "
         "defaults (round robin, 3 seeds per join, retries with backoff). Joined: Python's `bootstrap()` "
@@ -173,17 +179,18 @@ def markdown(report, svg_link):
         "parentheses the anonymous part (RssAnon: heap and stacks), without the mapped pages of the "
         "executable and libraries, which processes running the same binary share.",
         "",
-        "| workers | bootstrap nodes (tier) | system | all joined after | join p50 | join p99 | failed joins "
-        "| CPU s bootstrap + workers | RSS per worker node (anon) | RSS per bootstrap node (anon) "
-        "| receive-buffer drops |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | bootstrap nodes (tier) | nodes per worker process | system | all joined after "
+        "| join p50 | join p99 | failed joins | CPU s bootstrap + workers | RSS per worker node (anon) "
+        "| RSS per bootstrap node (anon) | receive-buffer drops |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         all_joined = run["all_joined_after_secs"]
         after = (f"**{all_joined:.2f} s**" if all_joined is not None
                  else f"not all (last join {run['last_join_after_secs']:.2f} s)")
         lines.append(
-            f"| {run['workers']} | {run['bootstrap_nodes']} ({run['tier']}) | {LABELS[run['system']]} "
+            f"| {run['workers']} | {run['bootstrap_nodes']} ({run['tier']}) | {run['group']} "
+            f"| {LABELS[run['system']]} "
             f"| {after} | {number(run['join_p50_ms'], 1, ' ms')} | {number(run['join_p99_ms'], 1, ' ms')} "
             f"| {run['failed']} | {run['cpu_seconds_bootstrap']:.2f} + {run['cpu_seconds_workers']:.2f} "
             f"| {benchlib.mib(run['rss_per_worker_node_bytes']):.3f} MiB "
@@ -195,56 +202,60 @@ def markdown(report, svg_link):
         "Ratios, Python / dht-node, same run (targets: at least 20x faster to a full join, at least "
         "10x less memory per node):",
         "",
-        "| workers | time to full join | RSS per worker node (anon) | RSS per bootstrap node (anon) "
-        "| CPU seconds |",
-        "|---:|---:|---:|---:|---:|",
+        "| workers | nodes per worker process | time to full join | RSS per worker node (anon) "
+        "| RSS per bootstrap node (anon) | CPU seconds |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for c in comparisons:
         full = number(c["full_join"], 1, "x")
         if c["full_join"] is not None and not c["python_all_joined"]:
             full += " (to Python's last join; not all joined)"
         lines.append(
-            f"| {c['workers']} | **{full}** | **{number(c['rss_per_worker_node'], 1, 'x')}** "
+            f"| {c['workers']} | {c['group']} | **{full}** | **{number(c['rss_per_worker_node'], 1, 'x')}** "
             f"({number(c['anon_per_worker_node'], 1, 'x')}) | {number(c['rss_per_bootstrap_node'], 1, 'x')} "
             f"({number(c['anon_per_bootstrap_node'], 1, 'x')}) | {number(c['cpu_seconds'], 1, 'x')} |")
     verdicts = []
     for target, key, goal in (("20x faster to a full join", "full_join", 20),
                               ("10x less RSS per worker node", "rss_per_worker_node", 10),
                               ("10x less RSS per bootstrap node", "rss_per_bootstrap_node", 10)):
-        missed = [str(c["workers"]) for c in comparisons if (c[key] or 0) < goal]
-        verdicts.append(f"{target}: " + (f"**missed** at {', '.join(missed)} workers"
+        missed = [layout(c) for c in comparisons if (c[key] or 0) < goal]
+        verdicts.append(f"{target}: " + (f"**missed** at {', '.join(missed)}"
                                          if missed else "met at every size"))
-    not_all = [str(c["workers"]) for c in comparisons if not c["python_all_joined"]]
+    not_all = [layout(c) for c in comparisons if not c["python_all_joined"]]
     if not_all:
-        verdicts.append(f"Python did not join every worker at {', '.join(not_all)} workers, so the "
+        verdicts.append(f"Python did not join every worker at {', '.join(not_all)}, so the "
                         "full-join ratio there is to its last successful join and understates the gap")
     lines += ["", "Targets in this run: " + "; ".join(verdicts) + ".", "",
               f"![join time against worker count]({svg_link})", "",
               "Commands (`just bench-storm` runs them; ports vary, one bootstrap command per "
               f"bootstrap node, one worker command per {group} workers):", "", "```"]
     for system in SYSTEMS:
-        first = next((run for run in runs if run["system"] == system), None)
+        first = next((run for run in runs if run["system"] == system and run["group"] == group), None)
         if first:
             lines += [first["commands"]["bootstrap"], first["commands"]["workers"]]
     lines += ["```"]
     return "\n".join(lines) + "\n"
 
 
-def svg_plot(runs):
+def svg_plot(runs, group):
     """Join time (log scale) against worker count, one line per system: time until every
-    worker joined (solid) and join p99 (dashed)."""
-    width, height = 640, 400
-    left, right, top, bottom = 70, 190, 40, 50
+    worker joined (solid) and join p50 (dashed), for the runs with `group` workers per process.
+    Where not every worker joined, the point is hollow, at the last join, with the failures."""
+    width, height = 680, 400
+    left, right, top, bottom = 70, 200, 40, 50
+    runs = [run for run in runs if run["group"] == group]
     sizes = sorted({run["workers"] for run in runs})
+    short = {"python": "Python kademlia", "dht-node": "dht-node"}
+    colors = {"python": "#3572a5", "dht-node": "#c0622d"}
     series = []
-    colors = {"python": "#3572a5", "dht-node": "#dea584"}
     for system in SYSTEMS:
         system_runs = sorted((r for r in runs if r["system"] == system), key=lambda r: r["workers"])
-        full = [(r["workers"], r["all_joined_after_secs"] or r["last_join_after_secs"]) for r in system_runs]
-        p99 = [(r["workers"], (r["join_p99_ms"] or 0) / 1e3) for r in system_runs]
-        series.append((f"{LABELS[system]}: all joined", colors[system], "", full))
-        series.append((f"{LABELS[system]}: join p99", colors[system], "6,4", p99))
-    values = [y for _, _, _, points in series for _, y in points if y and y > 0]
+        full = [(r["workers"], r["all_joined_after_secs"] or r["last_join_after_secs"], r["failed"])
+                for r in system_runs]
+        p50 = [(r["workers"], (r["join_p50_ms"] or 0) / 1e3, 0) for r in system_runs]
+        series.append((f"{short[system]}: all joined", colors[system], "", full))
+        series.append((f"{short[system]}: join p50", colors[system], "6,4", p50))
+    values = [y for _, _, _, points in series for _, y, _ in points if y and y > 0]
     low = 10 ** math.floor(math.log10(min(values)))
     high = 10 ** math.ceil(math.log10(max(values)))
     x_low, x_high = min(sizes), max(sizes)
@@ -254,40 +265,47 @@ def svg_plot(runs):
         return left + (workers - x_low) / span * (width - left - right)
 
     def y_of(seconds):
-        fraction = (math.log10(max(seconds, low)) - math.log10(low)) / (math.log10(high) - math.log10(low))
+        fraction = (math.log10(max(seconds, low)) - math.log10(low)) / (math.log10(high) - math.log10(low) or 1)
         return height - bottom - fraction * (height - top - bottom)
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="12">',
              f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{left}" y="22" font-size="14">Join storm: time against worker count '
-             f'(log scale)</text>']
+             f'<text x="{left}" y="22" font-size="14">Join storm: seconds against workers joining '
+             f'at once (log scale, {group} workers per process)</text>']
     decade = low
     while decade <= high * 1.0001:
         y = y_of(decade)
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>')
-        label = f"{decade:g} s"
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{decade:g} s</text>')
         decade *= 10
     for workers in sizes:
         x = x_of(workers)
         parts.append(f'<line x1="{x:.1f}" y1="{height - bottom}" x2="{x:.1f}" y2="{top}" stroke="#eee"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{workers}</text>')
     parts.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 12}" '
-                 f'text-anchor="middle">workers joining at once</text>')
+                 f'text-anchor="middle">workers</text>')
     parts.append(f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>')
     parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>')
     for index, (name, color, dash, points) in enumerate(series):
-        coords = " ".join(f"{x_of(w):.1f},{y_of(s):.1f}" for w, s in points if s and s > 0)
+        drawn = [(w, s, failed) for w, s, failed in points if s and s > 0]
+        coords = " ".join(f"{x_of(w):.1f},{y_of(s):.1f}" for w, s, _ in drawn)
         dashing = f' stroke-dasharray="{dash}"' if dash else ""
         parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"{dashing}/>')
-        for w, s in points:
-            if s and s > 0:
-                parts.append(f'<circle cx="{x_of(w):.1f}" cy="{y_of(s):.1f}" r="3" fill="{color}"/>')
+        for w, s, failed in drawn:
+            fill = "white" if failed else color
+            parts.append(f'<circle cx="{x_of(w):.1f}" cy="{y_of(s):.1f}" r="4" fill="{fill}" '
+                         f'stroke="{color}" stroke-width="2"/>')
+            if failed:
+                parts.append(f'<text x="{x_of(w) - 8:.1f}" y="{y_of(s) - 9:.1f}" text-anchor="end" '
+                             f'font-size="10" fill="{color}">{failed} failed</text>')
         y = top + 10 + index * 18
         parts.append(f'<line x1="{width - right + 12}" y1="{y}" x2="{width - right + 36}" y2="{y}" '
                      f'stroke="{color}" stroke-width="2"{dashing}/>')
-        parts.append(f'<text x="{width - right + 40}" y="{y + 4}" font-size="10">{escape(name)}</text>')
+        parts.append(f'<text x="{width - right + 42}" y="{y + 4}" font-size="11">{escape(name)}</text>')
+    note_y = top + 10 + len(series) * 18 + 8
+    parts.append(f'<text x="{width - right + 12}" y="{note_y}" font-size="10">hollow: not every worker</text>')
+    parts.append(f'<text x="{width - right + 12}" y="{note_y + 13}" font-size="10">joined; time of the last join</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -310,6 +328,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,500,1000", help="worker counts, comma-separated")
     parser.add_argument("--group", type=int, default=50, help="worker nodes per process")
+    parser.add_argument("--per-process-sizes", default="",
+                        help="worker counts to run again with one worker per process")
     parser.add_argument("--deadline-secs", type=float, default=60.0)
     parser.add_argument("--machine", default="", help="machine description for the report")
     parser.add_argument("--json", required=True, help="where the figures go")
@@ -320,30 +340,31 @@ def main():
     parser.add_argument("--check", action="store_true",
                         help="exit 1 unless every worker joined (the smoke test)")
     args = parser.parse_args()
-    sizes = [int(size) for size in args.sizes.split(",")]
-    tiers = plan(sizes)
+    layouts = [(int(size), args.group) for size in args.sizes.split(",")]
+    layouts += [(int(size), 1) for size in args.per_process_sizes.split(",") if size]
+    tiers = plan(sorted({workers for workers, _ in layouts}))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     runs = []
     with open(args.log, "w") as log:
         for system in SYSTEMS:
-            for workers in sizes:
+            for workers, group in layouts:
                 tier, bootstraps = tiers[workers]
-                print(f"bench-storm: {system}, {workers} workers, {bootstraps} bootstrap nodes ({tier})",
-                      file=sys.stderr, flush=True)
-                run = run_storm(system, workers, bootstraps, args.group, args.deadline_secs, log)
-                run["tier"] = tier
+                print(f"bench-storm: {system}, {workers} workers ({group} per process), "
+                      f"{bootstraps} bootstrap nodes ({tier})", file=sys.stderr, flush=True)
+                run = run_storm(system, workers, bootstraps, group, args.deadline_secs, log)
+                run.update(tier=tier, group=group)
                 print(f"  all joined after {run['all_joined_after_secs']}, p50 {run['join_p50_ms']} ms, "
                       f"p99 {run['join_p99_ms']} ms, failed {run['failed']}", file=sys.stderr, flush=True)
                 runs.append(run)
     with open("/proc/loadavg") as loadavg:
         load_at_end = " ".join(loadavg.read().split()[:3])
     report = {"started": started, "machine": args.machine, "load_average_at_end": load_at_end,
-              "group": args.group, "runs": runs, "comparisons": compare(runs, sizes)}
+              "group": args.group, "runs": runs, "comparisons": compare(runs)}
     with open(args.json, "w") as out:
         json.dump(report, out, indent=2)
     if args.svg:
         with open(args.svg, "w") as out:
-            out.write(svg_plot(runs))
+            out.write(svg_plot(runs, args.group))
     if args.markdown:
         with open(args.markdown, "w") as out:
             out.write(markdown(report, args.svg_link or args.svg))
