@@ -18,14 +18,21 @@ PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 K = 25
 SYSTEMS = ("python", "dht-node")
 LABELS = {"python": "Python kademlia 2.2.3", "dht-node": "dht-node"}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds of a running process (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """CPU seconds a running process's threads have used so far, at nanosecond resolution (the
+    first field of /proc/PID/task/TID/schedstat): a worker process's share of a storm can be
+    shorter than the 10 ms tick of /proc/PID/stat."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as schedstat:
+                total += int(schedstat.read().split()[0])
+        except FileNotFoundError:
+            # The thread ended between the listing and the read.
+            continue
+    return total / 1e9
 
 
 def memory_bytes(pid):

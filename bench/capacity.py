@@ -110,7 +110,7 @@ def markdown(report):
         "round of the iterative lookup a joining worker does; its later rounds go to the contacts named "
         "in that answer, not to the bootstrap node). Latency: from the join's scheduled arrival to the "
         "find_node answer; a join unanswered within 1 s fails. Joiners answer the node's pings and keep "
-        "their socket for 0.5 s after their join. Steps stop at p99 >= 100 ms or a failed join.",
+        "their socket for 0.25 s after their join (the generator holds at most 20,000 sockets). Steps stop at p99 >= 100 ms or a failed join.",
         "",
         "| node | joins/s offered | joined | failed | join p50 | join p99 | node CPU s | joins per node CPU-second "
         "| generator busy |",
