@@ -430,11 +430,24 @@ impl Node {
     /// Joins through `seeds` (contacts that answered a ping): an iterative `find_node` of
     /// the own id. Returns the closest nodes found; the node is joined when its routing table
     /// is not empty afterwards. This is the seam the bootstrap manager joins through.
+    ///
+    /// The lookup of the own id meets only nodes near it; every other bucket is then filled
+    /// by a lookup in its range, in the background (the paper's join). Without it, nodes that
+    /// joined together through seeds in their own half of the id space can know no node of
+    /// the other half once the seeds time out, and then never find a value stored there.
     pub async fn join(&self, seeds: Vec<Contact>) -> Vec<Contact> {
-        match self.run_lookup(self.id(), LookupKind::FindNode, seeds).await {
+        let nodes = match self.run_lookup(self.id(), LookupKind::FindNode, seeds).await {
             LookupOutcome::Nodes(nodes) => nodes,
             LookupOutcome::Value { .. } => Vec::new(),
+        };
+        if !nodes.is_empty() {
+            let own = self.id();
+            let mut far = lock(&self.inner.table).stale_buckets(Instant::now(), Duration::ZERO);
+            far.retain(|(low, high)| !(low <= &own && &own <= high));
+            let node = self.clone();
+            tokio::spawn(async move { node.refresh_buckets(far).await });
         }
+        nodes
     }
 
     /// Python's `bootstrap(addrs)`: pings every address, then joins through those that
@@ -644,18 +657,24 @@ impl Node {
         let config = &self.inner.config;
         let stale =
             lock(&self.inner.table).stale_buckets(Instant::now(), config.bucket_stale_after);
-        let lookups = stale.into_iter().map(|(low, high)| {
-            let target = NodeId::random_in_range(&low, &high);
-            let seeds = self.closest_known(&target, config.alpha);
-            self.run_lookup(target, LookupKind::FindNode, seeds)
-        });
-        join_all(lookups).await;
+        self.refresh_buckets(stale).await;
         let old = lock(&self.inner.storage).older_than(config.republish_after, Instant::now());
         for (key, value) in old {
             if let Err(error) = self.set(key, value).await {
                 tracing::debug!(key = %key, %error, "republishing failed");
             }
         }
+    }
+
+    /// A lookup of a random id in each bucket range `(low, high)`, all at once.
+    async fn refresh_buckets(&self, ranges: Vec<(NodeId, NodeId)>) {
+        let alpha = self.inner.config.alpha;
+        join_all(ranges.into_iter().map(|(low, high)| {
+            let target = NodeId::random_in_range(&low, &high);
+            let seeds = self.closest_known(&target, alpha);
+            self.run_lookup(target, LookupKind::FindNode, seeds)
+        }))
+        .await;
     }
 }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kadscale_node::codec::Value;
+use kadscale_node::codec::{Contact, Value};
 use kadscale_node::config::NodeConfig;
 use kadscale_node::id::key_digest;
 use kadscale_node::metrics::Metrics;
@@ -148,6 +148,44 @@ async fn a_newcomer_closest_to_a_key_is_handed_the_value() {
     newcomer.bootstrap(&[a.local_addr(), b.local_addr()]).await;
     assert!(eventually(|| newcomer.stored_len() == 1).await, "the value was not handed over");
     for node in [&a, &b, &newcomer] {
+        node.shutdown();
+    }
+}
+
+/// An id whose first byte is `first`, the rest zero.
+fn id_starting(first: u8) -> kadscale_node::id::NodeId {
+    let mut id = [0; 20];
+    id[0] = first;
+    kadscale_node::id::NodeId(id)
+}
+
+#[tokio::test]
+async fn a_joined_node_learns_the_far_half_of_the_id_space_that_its_own_lookup_never_meets() {
+    // With k = 2 every answer holds two contacts, the closest: the lookup of x's own id
+    // (0x18..) meets only nodes of the lower half; only a lookup in x's far bucket asks
+    // about the upper half, where `far` is.
+    let with_id =
+        |first| start_with(NodeConfig { node_id: Some(id_starting(first)), k: 2, ..config() });
+    let far = with_id(0x90).await;
+    let mut near = Vec::new();
+    for first in [0x10, 0x20, 0x30, 0x38] {
+        near.push(with_id(first).await);
+    }
+    let contact = |node: &Node| Contact { id: node.id(), addr: node.local_addr() };
+    for node in &near {
+        for other in near.iter().chain([&far]) {
+            node.add_contact(contact(other));
+        }
+    }
+    let x = with_id(0x18).await;
+    // More contacts than k: x's table splits, so the upper half is a bucket of its own.
+    for node in &near[1..] {
+        x.add_contact(contact(node));
+    }
+    x.bootstrap(&[near[0].local_addr()]).await;
+    let knows_far = || x.contacts().iter().any(|contact| contact.id == far.id());
+    assert!(eventually(knows_far).await, "x never learned of the far half: {:?}", x.contacts());
+    for node in near.iter().chain([&far, &x]) {
         node.shutdown();
     }
 }
