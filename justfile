@@ -52,8 +52,8 @@ bench-operator:
 test-unit:
     cargo test --workspace --exclude kadscale-e2e --all-targets
 
-# The datagram decoder's fuzz target (cargo-fuzz, stable) for a fixed number of inputs (~10 s).
-test-fuzz runs="500000":
+# The datagram decoder's fuzz target (cargo-fuzz, stable Rust) for a fixed number of inputs (~10 s).
+test-fuzz runs="1000000":
     node/fuzz/run.sh {{runs}}
 
 # End-to-end tests of the chart, the operator and the image, on the test cluster (started if down).
