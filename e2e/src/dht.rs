@@ -43,6 +43,13 @@ pub struct Settled {
 
 /// Where most operator scenarios start: 10 workers, tier small (see `Scenario::small_dht`).
 pub const SMALL_10: Settled = Settled { tier: "small", bootstraps: 2, workers: 10, ratio: "5.0:1" };
+pub const MEDIUM_30: Settled =
+    Settled { tier: "medium", bootstraps: 3, workers: 30, ratio: "10.0:1" };
+pub const LARGE_100: Settled =
+    Settled { tier: "large", bootstraps: 4, workers: 100, ratio: "25.0:1" };
+
+/// Reaching a tier of at most 100 workers, pods included.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Dht {
     /// Creates `name` in `namespace` with `spec` (JSON, as a user would write it).

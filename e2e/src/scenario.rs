@@ -15,6 +15,9 @@ use crate::dht::{Dht, Observation, SMALL_10};
 use crate::operator::{OperatorProcess, OperatorSettings};
 use crate::wait::{until, Check};
 
+/// Taking a free Lease, or one whose holder stopped renewing (lease duration plus retry).
+pub const LEASE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One scenario's world. Operators started from it watch only its namespace and compete only
 /// for its Lease, so scenarios run side by side.
 pub struct Scenario {

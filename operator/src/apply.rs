@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::json;
 
 use crate::builders::{Children, ClusterIdentity, EXPOSE_COMPONENT};
 
@@ -101,6 +102,12 @@ pub async fn apply_children(
 
 /// Server-side applies `object` with the operator's field manager, taking over conflicting
 /// fields (the operator is the only writer of its children's specs).
+///
+/// A hand edit can leave list entries that server-side apply keeps, because another manager
+/// owns them, and that clash with the desired ones: a Service port changed by `kubectl edit`
+/// stays next to the applied one under the same name, and the merged object is invalid. When the
+/// API server refuses the apply as invalid, the spec is overwritten with a merge patch (which
+/// replaces lists whole) and applied again; if that fails too, the apply's refusal is returned.
 pub async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, ApiError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -111,9 +118,25 @@ where
 {
     let name = object.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-        .await
-        .map_err(|source| ApiError::new("apply", kind::<K>(), &name, source))
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let refused = match api.patch(&name, &params, &Patch::Apply(object)).await {
+        Ok(applied) => return Ok(applied),
+        Err(kube::Error::Api(status)) if status.is_invalid() => kube::Error::Api(status),
+        Err(source) => return Err(ApiError::new("apply", kind::<K>(), &name, source)),
+    };
+    let spec = serde_json::to_value(object).ok().map(|mut value| value["spec"].take());
+    let overwrite =
+        PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    if let Some(spec) = spec.filter(|spec| !spec.is_null()) {
+        let repaired = api.patch(&name, &overwrite, &Patch::Merge(json!({ "spec": spec }))).await;
+        if repaired.is_ok() {
+            tracing::info!(kind = %kind::<K>(), %name, "overwrote a hand-edited spec the apply could not merge");
+            if let Ok(applied) = api.patch(&name, &params, &Patch::Apply(object)).await {
+                return Ok(applied);
+            }
+        }
+    }
+    Err(ApiError::new("apply", kind::<K>(), &name, refused))
 }
 
 /// Reads a child; `None` when it does not exist.
