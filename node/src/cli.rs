@@ -133,6 +133,16 @@ pub struct NodeOptions {
               clap::value_parser!(u16).range(1..), usize::from))]
     pub max_contacts_per_ip: usize,
 
+    /// Requests per second answered from one source (IP; IP and port on loopback), with a
+    /// burst of one second's worth; more are dropped unanswered. 0: no limit.
+    #[arg(long, env = "DHT_MAX_REQUESTS_PER_SOURCE", default_value_t = 2000)]
+    pub max_requests_per_source: u32,
+
+    /// Answer bytes per second sent to one source, which bounds what requests with a forged
+    /// source address can aim at their victim. 0: no limit.
+    #[arg(long, env = "DHT_MAX_ANSWER_BYTES_PER_SOURCE", default_value_t = 1024 * 1024)]
+    pub max_answer_bytes_per_source: u32,
+
     /// Seconds between bucket refreshes and republishing (default one hour, as Python).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub refresh_secs: u64,
@@ -155,6 +165,8 @@ impl NodeOptions {
             max_stored_values: self.max_values,
             max_value_size: self.max_value_size,
             max_contacts_per_ip: self.max_contacts_per_ip,
+            max_requests_per_source: self.max_requests_per_source,
+            max_answer_bytes_per_source: self.max_answer_bytes_per_source,
             refresh_interval: refresh,
             bucket_stale_after: refresh,
             republish_after: refresh,

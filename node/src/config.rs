@@ -30,6 +30,12 @@ pub struct NodeConfig {
     /// one host making up ids cannot fill this node's view of the network; counted per IP and
     /// port on loopback, where one-machine setups run every node on 127.0.0.1.
     pub max_contacts_per_ip: usize,
+    /// Requests per second handled from one source (IP; IP and port on loopback), with a
+    /// burst of one second's worth; beyond it they are dropped unanswered. 0: no limit.
+    pub max_requests_per_source: u32,
+    /// Answer bytes per second sent to one source, so that requests with a forged source
+    /// cannot aim more than this at a victim. 0: no limit.
+    pub max_answer_bytes_per_source: u32,
     /// How often stale buckets are refreshed and old values republished (Python: one hour).
     pub refresh_interval: Duration,
     /// A bucket untouched for this long gets a refresh lookup (Python: one hour).
@@ -57,6 +63,8 @@ impl Default for NodeConfig {
             bucket_stale_after: Duration::from_secs(3600),
             republish_after: Duration::from_secs(3600),
             datagram_loss: 0.0,
+            max_requests_per_source: 2000,
+            max_answer_bytes_per_source: 1024 * 1024,
         }
     }
 }

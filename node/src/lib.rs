@@ -12,6 +12,7 @@ pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod node;
+pub mod rate_limit;
 pub mod routing;
 pub mod storage;
 pub mod tier;

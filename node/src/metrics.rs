@@ -30,6 +30,8 @@ pub enum DropReason {
     Unmatched,
     /// Dropped on purpose by a fault test's `datagram_loss`.
     InjectedLoss,
+    /// A request beyond its source's budget (`max_requests_per_source`, answer bytes).
+    RateLimited,
 }
 
 impl Outcome {
@@ -50,6 +52,7 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::Unmatched => "unmatched",
             DropReason::InjectedLoss => "injected_loss",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

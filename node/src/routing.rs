@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_CONTACTS_PER_IP: usize = 3;
 /// What the per-IP cap counts a contact under: its IP address, except on loopback, where every
 /// node of a one-machine setup (tests, `dht-node cluster`) shares the IP and only the port tells
 /// nodes apart, so there the cap counts per IP and port.
-fn source_of(addr: &SocketAddr) -> SocketAddr {
+pub(crate) fn source_of(addr: &SocketAddr) -> SocketAddr {
     if addr.ip().is_loopback() {
         *addr
     } else {

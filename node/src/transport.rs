@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
     decode_datagram, encode_request, encode_response, Datagram, DecodeError, MessageId, Request,
-    Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN,
+    Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN, REQUEST,
 };
 use crate::config::NodeConfig;
 use crate::metrics::{DropReason, Metrics, Outcome};
+use crate::rate_limit::SourceLimits;
 
 /// Largest datagram read; UDP payloads cannot be larger.
 const RECEIVE_BUFFER: usize = 65536;
@@ -85,6 +86,8 @@ pub struct Transport {
     max_outstanding: usize,
     /// [`NodeConfig::datagram_loss`].
     datagram_loss: f64,
+    /// [`NodeConfig::max_requests_per_source`] and [`NodeConfig::max_answer_bytes_per_source`].
+    source_limits: (u32, u32),
     metrics: Metrics,
     /// Set when the receive loop ended: no answer can arrive any more.
     closed: AtomicBool,
@@ -120,6 +123,7 @@ impl Transport {
             pending: Mutex::new(HashMap::new()),
             max_outstanding: config.max_outstanding_calls,
             datagram_loss: config.datagram_loss,
+            source_limits: (config.max_requests_per_source, config.max_answer_bytes_per_source),
             metrics,
             closed: AtomicBool::new(false),
         })
@@ -191,9 +195,12 @@ impl Transport {
         }
     }
 
-    /// Receives datagrams until `shutdown`: answers go to their callers, requests to `handler`.
+    /// Receives datagrams until `shutdown`: answers go to their callers, requests to `handler`
+    /// within their source's budget.
     pub async fn serve(&self, handler: &dyn RequestHandler, shutdown: CancellationToken) {
         let mut buffer = vec![0u8; RECEIVE_BUFFER];
+        let (requests, answer_bytes) = self.source_limits;
+        let mut limits = SourceLimits::new(requests, answer_bytes, Instant::now());
         loop {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -203,7 +210,9 @@ impl Transport {
                 Ok(_) if self.datagram_loss > 0.0 && rand::random::<f64>() < self.datagram_loss => {
                     self.metrics.dropped(DropReason::InjectedLoss);
                 }
-                Ok((len, from)) => self.dispatch(&buffer[..len], canonical(from), handler).await,
+                Ok((len, from)) => {
+                    self.dispatch(&buffer[..len], canonical(from), handler, &mut limits).await;
+                }
                 // ICMP errors of earlier sends surface here on some systems; they end nothing.
                 Err(error) => tracing::debug!(%error, "receiving a datagram failed"),
             }
@@ -214,13 +223,26 @@ impl Transport {
         pending.clear();
     }
 
-    async fn dispatch(&self, datagram: &[u8], from: SocketAddr, handler: &dyn RequestHandler) {
+    async fn dispatch(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        handler: &dyn RequestHandler,
+        limits: &mut SourceLimits,
+    ) {
+        // Checked before decoding: a flood over budget costs no more than this lookup.
+        let now = Instant::now();
+        if datagram.first() == Some(&REQUEST) && !limits.admit_request(from, now) {
+            self.metrics.dropped(DropReason::RateLimited);
+            return;
+        }
         match decode_datagram(datagram) {
             Ok(Datagram::Request { id, request }) => {
                 let method = request.method().to_owned();
                 if let Some(response) = handler.handle(from, request) {
                     self.metrics.request_served(&method);
                     let answer = encode_response(&id, &response);
+                    limits.charge_answer(from, answer.len(), now);
                     if let Err(error) = self.socket.send_to(&answer, from).await {
                         tracing::debug!(%from, %error, "sending an answer failed");
                     }
