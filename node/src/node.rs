@@ -201,7 +201,10 @@ impl Node {
                 id,
                 local_addr,
                 transport,
-                table: Mutex::new(RoutingTable::new(id, config.k)),
+                table: Mutex::new(
+                    RoutingTable::new(id, config.k)
+                        .with_max_contacts_per_ip(config.max_contacts_per_ip),
+                ),
                 storage: Mutex::new(Storage::new(
                     config.storage_ttl,
                     config.max_stored_values,
