@@ -349,6 +349,32 @@ async fn stores_over_the_wire_keep_to_the_value_size_and_count_limits() {
 }
 
 #[tokio::test]
+async fn made_up_ids_from_one_address_get_its_share_of_the_routing_table() {
+    let config = NodeConfig { max_contacts_per_ip: 2, ..NodeConfig::default() };
+    let node = started_node(config).await;
+    let shutdown = CancellationToken::new();
+    let sybil = calling_transport(&NodeConfig::default(), &shutdown).await;
+    for _ in 0..50 {
+        let ping = Request::Ping { sender: NodeId::random() };
+        sybil.call(node.local_addr(), &ping, Duration::from_secs(2)).await.unwrap();
+    }
+    let honest = calling_transport(&NodeConfig::default(), &shutdown).await;
+    honest
+        .call(
+            node.local_addr(),
+            &Request::Ping { sender: NodeId::random() },
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let held = |addr: SocketAddr| node.contacts().iter().filter(|c| c.addr == addr).count();
+    assert_eq!(held(sybil.local_addr().unwrap()), 2, "max_contacts_per_ip of 50 made-up ids");
+    assert_eq!(held(honest.local_addr().unwrap()), 1, "another address still gets in");
+    shutdown.cancel();
+    node.shutdown();
+}
+
+#[tokio::test]
 async fn calls_in_flight_are_capped_and_freed_when_they_end() {
     let config = NodeConfig { max_outstanding_calls: 2, ..NodeConfig::default() };
     let node = started_node(config).await;
