@@ -96,7 +96,7 @@ struct CapacityArgs {
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
     /// Milliseconds a joiner keeps its socket, answering the node's pings, after its join.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 250)]
     linger_ms: u64,
     /// Seconds to wait for the node's first ping answer.
     #[arg(long, default_value_t = 10.0)]
