@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use kadscale_e2e::command::run;
-use kadscale_e2e::dht::{LARGE_100, SETTLE_TIMEOUT, SMALL_10};
+use kadscale_e2e::dht::{MEDIUM_30, SETTLE_TIMEOUT, SMALL_10};
 use kadscale_e2e::paths::{repo_root, skip_or_fail};
 use kadscale_e2e::scenario::{Scenario, LEASE_TIMEOUT};
 
@@ -33,7 +33,7 @@ async fn operator_rides_out_a_30s_api_server_outage_during_a_scale() -> Result<(
 
     // The scale lands, then the API server goes away before the operator can finish it: the
     // bootstrap tier must grow and turn Ready before workers grow, which takes seconds.
-    dht.kubectl_scale(LARGE_100.workers).await?;
+    dht.kubectl_scale(MEDIUM_30.workers).await?;
     apiserver("stop").await?;
     let stopped = Instant::now();
     eprintln!("e2e: kube-apiserver stopped for {OUTAGE:?}");
@@ -48,8 +48,8 @@ async fn operator_rides_out_a_30s_api_server_outage_during_a_scale() -> Result<(
     eprintln!("e2e: kube-apiserver back after {:?}", stopped.elapsed());
 
     let back = Instant::now();
-    dht.wait_settled(LARGE_100, SETTLE_TIMEOUT).await?;
-    eprintln!("e2e: converged at tier large {:?} after the API server came back", back.elapsed());
+    dht.wait_settled(MEDIUM_30, SETTLE_TIMEOUT).await?;
+    eprintln!("e2e: converged at tier medium {:?} after the API server came back", back.elapsed());
     operator.ensure_running()?;
     ensure!(operator.pid() == pid, "the operator process was replaced");
     assert_eq!(
