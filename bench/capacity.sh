@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 machine=$(machine_line)
-cores=(--server-core "${BENCH_SERVER_CORE:-0}" --load-core "${BENCH_LOAD_CORE:-1}")
+# On a one-core machine (a small CI runner) node and load share core 0.
+cores=(--server-core "${BENCH_SERVER_CORE:-0}" --load-core "${BENCH_LOAD_CORE:-$(($(nproc) > 1 ? 1 : 0))}")
 if [[ ${1:-} == --smoke ]]; then
     BENCH_PROFILE=${BENCH_PROFILE:-debug} .venv/bin/python bench/capacity.py --rates 100 --secs 1 \
         "${cores[@]}" --machine "$machine" --json "$results_dir/capacity-smoke.json" \
