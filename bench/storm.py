@@ -253,8 +253,9 @@ def svg_plot(runs, group):
         full = [(r["workers"], r["all_joined_after_secs"] or r["last_join_after_secs"], r["failed"])
                 for r in system_runs]
         p50 = [(r["workers"], (r["join_p50_ms"] or 0) / 1e3, 0) for r in system_runs]
-        series.append((f"{short[system]}: all joined", colors[system], "", full))
+        # p50 first, so that a hollow all-joined point is drawn over it.
         series.append((f"{short[system]}: join p50", colors[system], "6,4", p50))
+        series.append((f"{short[system]}: all joined", colors[system], "", full))
     values = [y for _, _, _, points in series for _, y, _ in points if y and y > 0]
     low = 10 ** math.floor(math.log10(min(values)))
     high = 10 ** math.ceil(math.log10(max(values)))
