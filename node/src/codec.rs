@@ -597,6 +597,10 @@ pub fn encode_request(id: &MessageId, request: &Request) -> Vec<u8> {
 /// Writes `response` as a datagram answering message `id`.
 pub fn encode_response(id: &MessageId, response: &Response) -> Vec<u8> {
     let mut out = frame(RESPONSE, id);
+    if let Response::Nodes(contacts) = response {
+        // Sized once: an answer of k contacts would otherwise grow the buffer three times.
+        out.reserve(5 + contacts.len() * MAX_CONTACT_LEN);
+    }
     match response {
         Response::Stun(addr) => {
             write_array_len(&mut out, 2);
@@ -629,6 +633,10 @@ fn frame(kind: u8, id: &MessageId) -> Vec<u8> {
     out.extend_from_slice(id);
     out
 }
+
+/// Longest encoding of one contact: array marker, id (bin8 of 20), IPv6 text (str8 of at
+/// most 45) and port (uint16).
+const MAX_CONTACT_LEN: usize = 1 + 22 + 47 + 3;
 
 fn write_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
     write_array_len(out, contacts.len());

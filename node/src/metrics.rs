@@ -104,11 +104,22 @@ pub struct Metrics {
     pub stored_values: Gauge,
     pub datagrams_dropped: Family<DropLabels, Counter>,
     pub lookups: Family<LookupLabels, Counter>,
+    /// `requests_served` of the protocol's own procedures, looked up once: the receive path
+    /// then counts without building a label and hashing it.
+    served_by_procedure: [(&'static str, Counter); PROCEDURES.len()],
 }
+
+/// The procedures of the Python protocol.
+const PROCEDURES: [&str; 5] = ["stun", "ping", "store", "find_node", "find_value"];
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry` under `dht_`.
     pub fn new(registry: &mut Registry) -> Metrics {
+        let requests_served: Family<MethodLabels, Counter> = Family::default();
+        let served_by_procedure = PROCEDURES.map(|method| {
+            let labels = MethodLabels { method: method.to_owned() };
+            (method, requests_served.get_or_create(&labels).clone())
+        });
         let metrics = Metrics {
             rpc_calls: Family::default(),
             rpc_latency: Family::new_with_constructor(|| {
@@ -117,11 +128,12 @@ impl Metrics {
                     0.0001, 2.0, 17,
                 ))
             }),
-            requests_served: Family::default(),
+            requests_served,
             routing_table_contacts: Gauge::default(),
             stored_values: Gauge::default(),
             datagrams_dropped: Family::default(),
             lookups: Family::default(),
+            served_by_procedure,
         };
         let registry = registry.sub_registry_with_prefix("dht");
         registry.register(
@@ -188,8 +200,16 @@ impl Metrics {
         }
     }
 
-    pub fn request_served(&self, method: &str) {
-        self.requests_served.get_or_create(&MethodLabels { method: method.to_owned() }).inc();
+    /// The counter of requests served for `method`: taken before the request is handled
+    /// (which consumes it), bumped once it was answered.
+    pub fn served_counter(&self, method: &str) -> Counter {
+        match self.served_by_procedure.iter().find(|(name, _)| *name == method) {
+            Some((_, counter)) => counter.clone(),
+            None => self
+                .requests_served
+                .get_or_create(&MethodLabels { method: method.to_owned() })
+                .clone(),
+        }
     }
 
     pub fn lookup_finished(&self, kind: &str, outcome: &str) {
@@ -212,7 +232,8 @@ mod tests {
         metrics.dropped(DropReason::Unmatched);
         metrics.call_finished("ping", Outcome::Ok, Some(0.002));
         metrics.call_finished("ping", Outcome::Timeout, None);
-        metrics.request_served("find_node");
+        metrics.served_counter("find_node").inc();
+        metrics.served_counter("kadscale_load").inc();
         metrics.lookup_finished("find_value", "found");
         metrics.routing_table_contacts.set(12);
         assert_eq!(metrics.malformed_total(), 2);
@@ -223,6 +244,8 @@ mod tests {
             "dht_rpc_calls_total{method=\"ping\",outcome=\"timeout\"} 1",
             "dht_rpc_call_duration_seconds_count{method=\"ping\"} 1",
             "dht_requests_served_total{method=\"find_node\"} 1",
+            "dht_requests_served_total{method=\"kadscale_load\"} 1",
+            "dht_requests_served_total{method=\"store\"} 0",
             "dht_lookups_total{kind=\"find_value\",outcome=\"found\"} 1",
             "dht_routing_table_contacts 12",
             "dht_stored_values 0",

@@ -681,12 +681,19 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The k contacts closest to `key` that a `find_node` (or a `find_value` without the
+    /// value) from `from` is answered with.
+    fn answer_nodes(&self, key: &NodeId, from: SocketAddr) -> Vec<Contact> {
+        lock(&self.inner.table).closest_in_any_order(key, self.inner.config.k, Some(from))
+    }
+}
+
 impl RequestHandler for Node {
     fn handle(&self, from: SocketAddr, request: Request) -> Option<Response> {
         if let Some(sender) = request.sender() {
             self.welcome_if_new(Contact { id: sender, addr: from }, Address::Claimed);
         }
-        let k = self.inner.config.k;
         match request {
             Request::Stun => Some(Response::Stun(from)),
             Request::Ping { .. } => Some(Response::Ping(self.id())),
@@ -703,15 +710,11 @@ impl RequestHandler for Node {
                 }
                 Some(Response::Stored(stored.is_ok()))
             }
-            Request::FindNode { key, .. } => {
-                Some(Response::Nodes(lock(&self.inner.table).closest(&key, k, Some(from))))
-            }
+            Request::FindNode { key, .. } => Some(Response::Nodes(self.answer_nodes(&key, from))),
             Request::FindValue { key, .. } => {
                 match self.with_storage(|storage| storage.get(&key, Instant::now())) {
                     Some(value) => Some(Response::FoundValue(value)),
-                    None => {
-                        Some(Response::Nodes(lock(&self.inner.table).closest(&key, k, Some(from))))
-                    }
+                    None => Some(Response::Nodes(self.answer_nodes(&key, from))),
                 }
             }
             Request::Extension { name, args } => {

@@ -317,11 +317,33 @@ impl RoutingTable {
         count: usize,
         exclude: Option<SocketAddr>,
     ) -> Vec<Contact> {
+        let mut found = self.closest_keyed(target, count, exclude);
+        found.sort_unstable_by_key(|(key, _)| *key);
+        found.into_iter().map(|(_, contact)| contact).collect()
+    }
+
+    /// [`RoutingTable::closest`] in no particular order: what a `find_node` answer needs (every
+    /// receiver, Python's included, sorts what it merges), without the cost of sorting.
+    pub fn closest_in_any_order(
+        &self,
+        target: &NodeId,
+        count: usize,
+        exclude: Option<SocketAddr>,
+    ) -> Vec<Contact> {
+        self.closest_keyed(target, count, exclude).into_iter().map(|(_, contact)| contact).collect()
+    }
+
+    fn closest_keyed(
+        &self,
+        target: &NodeId,
+        count: usize,
+        exclude: Option<SocketAddr>,
+    ) -> Vec<(DistanceKey, Contact)> {
         // Every bucket covers an aligned block of ids, and XOR with the target maps aligned
         // blocks to aligned blocks: all of one bucket's contacts are closer to the target than
-        // all of another's. So buckets are visited closest block first, each sorted on its own,
-        // and the visit stops once `count` contacts are in hand. Distances are compared as
-        // `DistanceKey`s (two integer compares) rather than 20-byte arrays.
+        // all of another's. So buckets are visited closest block first, and the visit stops
+        // once `count` contacts are in hand; of the last bucket only the nearest are selected.
+        // Distances are compared as `DistanceKey`s (two integer compares), not 20-byte arrays.
         let mut order: Vec<(DistanceKey, usize)> = self
             .buckets
             .iter()
@@ -330,7 +352,7 @@ impl RoutingTable {
             .map(|(index, bucket)| (DistanceKey::of(&bucket.nearest_distance(target)), index))
             .collect();
         order.sort_unstable_by_key(|(key, _)| *key);
-        let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(count + self.limits.k);
+        let mut found: Vec<(DistanceKey, Contact)> = Vec::with_capacity(count + self.limits.k);
         for (_, index) in order {
             if found.len() >= count {
                 break;
@@ -341,19 +363,16 @@ impl RoutingTable {
                     .contacts
                     .iter()
                     .filter(|contact| contact.id != *target && Some(contact.addr) != exclude)
-                    .map(|contact| (DistanceKey::of(&contact.id.distance(target)), contact)),
+                    .map(|contact| (DistanceKey::of(&contact.id.distance(target)), *contact)),
             );
             let wanted = count - start;
             let visited = &mut found[start..];
             if visited.len() > wanted {
-                // Only the `wanted` nearest of the last bucket visited are kept: select them,
-                // then sort just those.
                 visited.select_nth_unstable_by_key(wanted, |(key, _)| *key);
                 found.truncate(count);
             }
-            found[start..].sort_unstable_by_key(|(key, _)| *key);
         }
-        found.into_iter().map(|(_, contact)| *contact).collect()
+        found
     }
 
     /// Marks the bucket holding `target` as used now, as a lookup near it does in Python.

@@ -238,9 +238,9 @@ impl Transport {
         }
         match decode_datagram(datagram) {
             Ok(Datagram::Request { id, request }) => {
-                let method = request.method().to_owned();
+                let served = self.metrics.served_counter(request.method());
                 if let Some(response) = handler.handle(from, request) {
-                    self.metrics.request_served(&method);
+                    served.inc();
                     let answer = encode_response(&id, &response);
                     limits.charge_answer(from, answer.len(), now);
                     if let Err(error) = self.socket.send_to(&answer, from).await {
