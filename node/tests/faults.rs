@@ -179,10 +179,35 @@ fn healthy_gauge(text: &str, endpoint: SocketAddr) -> Option<f64> {
 /// nodes that stored it.
 async fn put_through(clients: &Clients, worker: SocketAddr, key: &str, value: &Value) -> usize {
     let client = clients.through(worker).await;
-    match client.set(key_digest(key.as_bytes()), value.clone()).await {
+    let stored = client.set(key_digest(key.as_bytes()), value.clone()).await;
+    clients.done(&client);
+    match stored {
         Ok(report) => report.stored_remotely,
         Err(error) => panic!("put {key} through {worker}: {error}"),
     }
+}
+
+/// The values stored before the faults, counted: every one must be found after them.
+fn values_before_faults() -> Vec<(String, Value)> {
+    (0..VALUES_BEFORE_FAULTS)
+        .map(|i| {
+            (format!("before-faults-{i}"), Value::Str(format!("stored before the faults {i}")))
+        })
+        .collect()
+}
+
+/// Stores every value through a random worker; how many nodes stored them ("min to max").
+async fn store(clients: &Clients, workers: &[SocketAddr], values: &[(String, Value)]) -> String {
+    let mut copies = Vec::new();
+    for (key, value) in values {
+        let through = *workers.choose(&mut rand::rng()).expect("workers");
+        copies.push(put_through(clients, through, key, value).await);
+    }
+    format!("{} to {}", copies.iter().min().unwrap_or(&0), copies.iter().max().unwrap_or(&0))
+}
+
+fn udp_of(pairs: &[(SocketAddr, SocketAddr)]) -> Vec<SocketAddr> {
+    pairs.iter().map(|(udp, _)| *udp).collect()
 }
 
 /// A value a worker's client did not find.
@@ -203,6 +228,7 @@ async fn unreadable(
             let client = clients.through(*addr).await;
             let keys = values.iter().map(|(key, _)| client.get(key_digest(key.as_bytes())));
             let found = join_all(keys).await;
+            clients.done(&client);
             values
                 .iter()
                 .zip(found)
@@ -275,7 +301,7 @@ async fn bootstrap_and_worker_faults_lose_no_value() {
     let logs = LogDir::new("faults");
     let mut phases = Phases::new();
     let mut rng = rand::rng();
-    let clients = Clients::default();
+    let clients = Clients::staying();
 
     let mut bootstraps = start_bootstraps(BOOTSTRAPS, &logs, &[]).await;
     let bootstrap_addrs: Vec<SocketAddr> =
@@ -305,29 +331,14 @@ async fn bootstrap_and_worker_faults_lose_no_value() {
         "300 workers joined; 2 of 4 bootstrap nodes were killed when {joined_at_kill} had joined"
     ));
 
-    let mut values: Vec<(String, Value)> = (0..VALUES_BEFORE_FAULTS)
-        .map(|i| {
-            (format!("before-faults-{i}"), Value::Str(format!("stored before the faults {i}")))
-        })
-        .collect();
-    let mut copies = Vec::new();
-    for (key, value) in &values {
-        let (through, _) = worker_addrs.choose(&mut rng).unwrap();
-        copies.push(put_through(&clients, *through, key, value).await);
-    }
-    phases.done(&format!(
-        "20 values stored, each on {} to {} nodes",
-        copies.iter().min().unwrap(),
-        copies.iter().max().unwrap()
-    ));
+    let mut values = values_before_faults();
+    let copies = store(&clients, &udp_of(&worker_addrs), &values).await;
+    phases.done(&format!("20 values stored, each on {copies} nodes"));
 
     // Every bootstrap node is dead: the workers carry the DHT alone.
     for bootstrap in &mut bootstraps {
         bootstrap.kill();
     }
-    let udp_of = |pairs: &[(SocketAddr, SocketAddr)]| -> Vec<SocketAddr> {
-        pairs.iter().map(|(udp, _)| *udp).collect()
-    };
     let misses = unreadable(&clients, &udp_of(&worker_addrs), &values).await;
     let checked = WORKERS * values.len();
     assert_all_found(&misses, &workers, &worker_addrs, checked, "with every bootstrap node dead")
@@ -487,4 +498,33 @@ async fn every_worker_joins_with_a_tenth_of_datagrams_lost() {
         attempts.values().map(|n| n - 1).sum::<u64>()
     );
     phases.done("every worker's routing table holds peers");
+}
+
+/// The read of the first test with every bootstrap node dead, but each client leaving after
+/// its reads, as a `dht-node get` process does: 300 clients come and go, one per worker.
+/// Workers keep the contacts of the clients that left (a node drops a contact only when a
+/// call of its own to it fails, and these workers make none) and hand them out, until some
+/// worker's closest contacts to a key are all gone and its client finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails in most runs (up to 450 of 6,000 reads missed): workers hand out the contacts \
+            of clients that left; the fix belongs to the routing table (node.rs, routing.rs)"]
+async fn every_value_is_found_while_clients_come_and_go() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let logs = LogDir::new("faults-churn");
+    let clients = Clients::leaving();
+    let mut bootstraps = start_bootstraps(BOOTSTRAPS, &logs, &[]).await;
+    let bootstrap_addrs = udp_of(&listening(&mut bootstraps, LISTEN_LIMIT).await);
+    let mut workers: Vec<DhtProcess> =
+        (0..WORKERS).map(|index| worker(index, &bootstrap_addrs, &logs, &[])).collect();
+    all_joined(&mut workers, JOIN_LIMIT).await;
+    let worker_addrs = listening(&mut workers, LISTEN_LIMIT).await;
+    let values = values_before_faults();
+    store(&clients, &udp_of(&worker_addrs), &values).await;
+    for bootstrap in &mut bootstraps {
+        bootstrap.kill();
+    }
+    let misses = unreadable(&clients, &udp_of(&worker_addrs), &values).await;
+    let checked = WORKERS * values.len();
+    assert_all_found(&misses, &workers, &worker_addrs, checked, "while clients came and went")
+        .await;
 }

@@ -261,19 +261,29 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// Client nodes of a test, each made by [`Clients::through`], all running until the test ends.
+/// Client nodes of a test, each made by [`Clients::through`]: running until the test ends
+/// ([`Clients::staying`]), or each leaving once [`Clients::done`] with it, as a `dht-node get`
+/// process does ([`Clients::leaving`]).
 ///
 /// Each client enters the routing tables of the nodes it asks, and a node removes a contact
-/// only when a call of its own to it fails: a client that leaves stays in the tables of nodes
+/// only when a call of its own to it fails: a client that left stays in the tables of nodes
 /// that never call it, and they hand it out in their answers. 300 clients leaving one after
 /// the other (one per worker) made a few workers answer with nothing but gone contacts, and
-/// up to 42 of 6,000 reads missed; that is client churn, not the fault under test.
-#[derive(Default)]
+/// up to 42 of 6,000 reads missed (`tests/faults.rs`, the ignored client-churn test).
 pub struct Clients {
     running: std::sync::Mutex<Vec<Node>>,
+    leave_when_done: bool,
 }
 
 impl Clients {
+    pub fn staying() -> Clients {
+        Clients { running: std::sync::Mutex::default(), leave_when_done: false }
+    }
+
+    pub fn leaving() -> Clients {
+        Clients { running: std::sync::Mutex::default(), leave_when_done: true }
+    }
+
     /// A fresh node that knows only `through`: what `dht-node get|put --bootstrap THROUGH`
     /// runs. It keeps no values itself (room for none), so a value it finds came over the
     /// network.
@@ -281,6 +291,13 @@ impl Clients {
         let client = client_through(through).await;
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client.clone());
         client
+    }
+
+    /// The test is done with `client`: a leaving client shuts down now.
+    pub fn done(&self, client: &Node) {
+        if self.leave_when_done {
+            client.shutdown();
+        }
     }
 }
 
