@@ -653,23 +653,30 @@ mod tests {
     fn a_flood_of_made_up_ids_from_one_ip_neither_evicts_nor_splits() {
         let own = NodeId::random();
         let mut table = RoutingTable::new(own, 20);
+        // Honest contacts all in the half of the id space away from the own id, so that the
+        // buckets near it are empty: whatever splits there, the flood caused.
         for i in 0..500u16 {
             let [high, low] = i.to_be_bytes();
-            table.add(contact_at(NodeId::random(), [10, 1, high, low], 5678));
+            let mut id = NodeId::random();
+            id.0[0] = (id.0[0] & 0x7f) | (!own.0[0] & 0x80);
+            table.add(contact_at(id, [10, 1, high, low], 5678));
         }
         let honest = table.contacts();
         let buckets = table.bucket_count();
         let flooder = [203, 0, 113, 7];
-        for port in 0..20_000u16 {
-            // Half of the made-up ids share the own id's first 15 bytes: the buckets there
-            // would split again and again if one address could fill them.
+        // Made-up ids sharing the own id's first 15 bytes, where an eclipse aims: buckets there
+        // would split again and again if one address could fill them.
+        for port in 0..10_000u16 {
             let mut id = NodeId::random();
-            if port % 2 == 0 {
-                id.0[..15].copy_from_slice(&own.0[..15]);
-            }
+            id.0[..15].copy_from_slice(&own.0[..15]);
             table.add(contact_at(id, flooder, port));
         }
         assert_eq!(table.bucket_count(), buckets, "no bucket split for the flood");
+        assert_eq!(held_from(&table, flooder).len(), DEFAULT_MAX_CONTACTS_PER_IP);
+        // Then made-up ids anywhere: among the honest contacts too.
+        for port in 10_000..30_000u16 {
+            table.add(contact_at(NodeId::random(), flooder, port));
+        }
         for contact in &honest {
             assert_eq!(table.get(&contact.id), Some(*contact), "an honest contact was evicted");
         }
