@@ -45,8 +45,10 @@ machine=$(machine_line)
 echo "bench-rpc: $machine"
 port=$(shuf -i 40000-59999 -n 1)
 
+# The per-source rate limits are off: 8 load sockets would otherwise measure the limit (2,000
+# requests/s each by default), and the Python node has none.
 dht_node_command=(taskset -c "$server_core" "$dht_node" bootstrap --port "$port" --host 127.0.0.1
-    --admin-addr 127.0.0.1:0)
+    --admin-addr 127.0.0.1:0 --max-requests-per-source 0 --max-answer-bytes-per-source 0)
 "${dht_node_command[@]}" 2>"$results_dir/rpc-dht-node.log" &
 server_pid=$!
 measure dht-node "$port"
