@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -175,14 +176,27 @@ impl Drop for DhtProcess {
 fn start(name: &str, args: &[String], log_dir: &Path, run: u32) -> (Child, PathBuf) {
     let log = log_dir.join(format!("{name}.{run}.log"));
     let stderr = std::fs::File::create(&log).expect("creating a node's log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_dht-node"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dht-node"));
+    command
         .args(args)
         .args(["--log-format", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap_or_else(|error| panic!("starting dht-node {name}: {error}"));
+        .stderr(stderr);
+    // A test killed before its drops run (SIGKILL, a harness timeout) must not leave hundreds
+    // of nodes behind: the kernel kills each child when the thread that started it ends, and
+    // tests start them from their own thread, which lives as long as the test.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    let child = command.spawn().unwrap_or_else(|error| panic!("starting dht-node {name}: {error}"));
     (child, log)
 }
 
