@@ -682,10 +682,10 @@ impl Node {
 }
 
 impl Node {
-    /// The k contacts closest to `key` that a `find_node` (or a `find_value` without the
-    /// value) from `from` is answered with.
+    /// The k contacts closest to `key`, closest first as Python sends them, that a
+    /// `find_node` (or a `find_value` without the value) from `from` is answered with.
     fn answer_nodes(&self, key: &NodeId, from: SocketAddr) -> Vec<Contact> {
-        lock(&self.inner.table).closest_in_any_order(key, self.inner.config.k, Some(from))
+        lock(&self.inner.table).closest(key, self.inner.config.k, Some(from))
     }
 }
 

@@ -322,17 +322,6 @@ impl RoutingTable {
         found.into_iter().map(|(_, contact)| contact).collect()
     }
 
-    /// [`RoutingTable::closest`] in no particular order: what a `find_node` answer needs (every
-    /// receiver, Python's included, sorts what it merges), without the cost of sorting.
-    pub fn closest_in_any_order(
-        &self,
-        target: &NodeId,
-        count: usize,
-        exclude: Option<SocketAddr>,
-    ) -> Vec<Contact> {
-        self.closest_keyed(target, count, exclude).into_iter().map(|(_, contact)| contact).collect()
-    }
-
     fn closest_keyed(
         &self,
         target: &NodeId,
