@@ -1,5 +1,5 @@
 //! The operator benchmark (`just bench-operator`) at a tiny size, so that it cannot rot: the
-//! same code as `operator-bench`, 5 scale changes, a sweep to 60 workers, 2 clusters of 3
+//! same code as `operator-bench`, 5 + 2 scale changes, a sweep to 60 workers, 2 clusters of 3
 //! workers, no 1,000-worker cluster. Asserts that every figure is there and sane; writes nothing.
 
 use std::time::Duration;
@@ -15,14 +15,17 @@ async fn operator_bench_at_a_tiny_size() -> Result<()> {
     let sizes = Sizes::tiny();
     let report = bench::run(&scenario, &sizes).await?;
 
-    let scale = &report.scale;
-    assert_eq!(scale.changes.len(), sizes.scale_changes);
-    for change in &scale.changes {
-        assert_ne!(change.from_bootstraps, change.to_bootstraps, "{change:?} moved no tier");
-        assert!(change.latency_ms > 0.0, "{change:?}");
-        assert!(change.latency_ms < 30_000.0, "{change:?}");
+    for (scale, changes) in
+        [(&report.scale, sizes.scale_changes), (&report.busy_scale, sizes.busy_scale_changes)]
+    {
+        assert_eq!(scale.changes.len(), changes);
+        for change in &scale.changes {
+            assert_ne!(change.from_bootstraps, change.to_bootstraps, "{change:?} moved no tier");
+            assert!(change.latency_ms > 0.0, "{change:?}");
+            assert!(change.latency_ms < 30_000.0, "{change:?}");
+        }
+        assert!(scale.p50_ms > 0.0 && scale.p50_ms <= scale.p99_ms && scale.p99_ms <= scale.max_ms);
     }
-    assert!(scale.p50_ms > 0.0 && scale.p50_ms <= scale.p99_ms && scale.p99_ms <= scale.max_ms);
 
     // Up 0..60 (with the tier edges 15, 16, 50, 51) and back: 8 + 7 points, all as the policy says.
     assert_eq!(report.sweep.len(), 15, "{:?}", report.sweep);
@@ -41,7 +44,9 @@ async fn operator_bench_at_a_tiny_size() -> Result<()> {
     let clusters = &report.clusters;
     assert_eq!(clusters.clusters, 2);
     assert_eq!(clusters.pods_ready, 2 * (3 + 2), "3 workers and 2 bootstrap pods each");
-    assert!(clusters.reconciled_s > 0.0 && clusters.reconciled_s <= clusters.ready_s);
+    assert_eq!(clusters.pods_wanted, clusters.pods_ready);
+    let ready_s = clusters.ready_s.expect("2 small clusters turn Ready");
+    assert!(clusters.reconciled_s > 0.0 && clusters.reconciled_s <= ready_s);
     assert!(clusters.reconciled_per_second > 0.0 && clusters.rescaled_per_second > 0.0);
 
     let operator = &report.operator;
@@ -49,10 +54,8 @@ async fn operator_bench_at_a_tiny_size() -> Result<()> {
     assert!(
         operator.peak_rss_bytes >= clusters.settled_rss_bytes && clusters.settled_rss_bytes > 0
     );
-    assert!(
-        operator.reconciles >= (sizes.scale_changes + report.sweep.len()) as f64,
-        "{operator:?}"
-    );
+    let changes = sizes.scale_changes + sizes.busy_scale_changes + report.sweep.len();
+    assert!(operator.reconciles >= changes as f64, "{operator:?}");
     assert!(operator
         .phases
         .iter()

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use kadscale_e2e::bench::{self, Sizes};
 use kadscale_e2e::plot::{tier_plot_svg, PlotFrame};
@@ -44,12 +44,33 @@ struct Cli {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    // On SIGINT or SIGTERM the run is dropped, which stops the operator process it started.
+    let outcome = tokio::select! {
+        result = run(Cli::parse()) => result,
+        signal = interrupted() => Err(anyhow!("stopped by {signal}")),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("operator-bench: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The first of SIGINT and SIGTERM.
+async fn interrupted() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = terminate => "SIGTERM",
     }
 }
 
