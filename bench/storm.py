@@ -105,6 +105,7 @@ def run_storm(system, workers, bootstraps, group, deadline, log):
         "cpu_seconds_bootstrap": sum(cpu[:bootstraps]),
         "cpu_seconds_workers": sum(cpu[bootstraps:]),
         "receive_buffer_drops": drops,
+        "mean_routing_table": sum(node["routing_table"] for node in nodes) / len(nodes),
         "rss_per_worker_node_bytes": sum(rss for rss, _ in memory[bootstraps:]) / workers,
         "anon_per_worker_node_bytes": sum(anon for _, anon in memory[bootstraps:]) / workers,
         "rss_per_bootstrap_node_bytes": sum(rss for rss, _ in memory[:bootstraps]) / bootstraps,
@@ -177,12 +178,14 @@ def markdown(report, svg_link):
         f"Memory: RSS per worker node = the worker processes' RSS / workers (each process's interpreter "
         f"or runtime shared by {group} nodes); per bootstrap node = a bootstrap process's RSS. In "
         "parentheses the anonymous part (RssAnon: heap and stacks), without the mapped pages of the "
-        "executable and libraries, which processes running the same binary share.",
+        "executable and libraries, which processes running the same binary share. Contacts per worker: "
+        "the mean routing-table size when the worker process reported (a node knowing more of the "
+        "network holds more).",
         "",
         "| workers | bootstrap nodes (tier) | nodes per worker process | system | all joined after "
         "| join p50 | join p99 | failed joins | CPU s bootstrap + workers | RSS per worker node (anon) "
-        "| RSS per bootstrap node (anon) | receive-buffer drops |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| RSS per bootstrap node (anon) | contacts per worker | receive-buffer drops |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         all_joined = run["all_joined_after_secs"]
@@ -196,7 +199,8 @@ def markdown(report, svg_link):
             f"| {benchlib.mib(run['rss_per_worker_node_bytes']):.3f} MiB "
             f"({benchlib.mib(run['anon_per_worker_node_bytes']):.3f}) "
             f"| {benchlib.mib(run['rss_per_bootstrap_node_bytes']):.1f} MiB "
-            f"({benchlib.mib(run['anon_per_bootstrap_node_bytes']):.1f}) | {run['receive_buffer_drops']} |")
+            f"({benchlib.mib(run['anon_per_bootstrap_node_bytes']):.1f}) | {run['mean_routing_table']:.0f} "
+            f"| {run['receive_buffer_drops']} |")
     lines += [
         "",
         "Ratios, Python / dht-node, same run (targets: at least 20x faster to a full join, at least "
