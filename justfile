@@ -59,7 +59,7 @@ test-fuzz runs="1000000":
 # End-to-end tests of the chart, the operator and the image, on the test cluster (started if down).
 test-e2e mode="local": (cluster-up mode) image-oci
     cargo build -p kadscale-operator --bin dht-operator
-    KUBECONFIG="$PWD/e2e/.run/kubeconfig" KADSCALE_E2E_REQUIRED=1 cargo test -p kadscale-e2e --no-fail-fast
+    KUBECONFIG="$PWD/e2e/.run/kubeconfig" KADSCALE_E2E_REQUIRED=1 KADSCALE_OPERATOR_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/dht-operator" cargo test -p kadscale-e2e --no-fail-fast
 
 # Build the image (static binaries, user 65532) with umoci, no Docker: target/image/*.oci.tar.
 image-oci:

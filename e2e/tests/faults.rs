@@ -144,17 +144,17 @@ async fn children_edited_deleted_or_co_owned_are_reconciled() -> Result<()> {
     Api::<PodDisruptionBudget>::namespaced(client.clone(), ns).delete(&bootstrap, &delete).await?;
     until("every deleted child to be recreated", SETTLE_TIMEOUT, || async {
         let now = child_uids(client, ns, &dht).await?;
-        let same: Vec<&str> = uids
+        let not_recreated: Vec<&str> = uids
             .iter()
             .zip(&now)
             .filter(|((_, before), (_, after))| after.is_none() || after == before)
             .map(|((child, _), _)| child.as_str())
             .filter(|child| *child != "StatefulSet")
             .collect();
-        Ok(if same.is_empty() {
+        Ok(if not_recreated.is_empty() {
             Check::Done(())
         } else {
-            Check::NotYet(format!("not recreated yet: {same:?}"))
+            Check::NotYet(format!("not recreated yet: {not_recreated:?}"))
         })
     })
     .await?;

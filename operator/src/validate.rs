@@ -130,7 +130,7 @@ pub fn validate(spec: &DhtClusterSpec, default_image: &str) -> Result<Settings, 
     check_pod_metadata("bootstrap", &bootstrap.pod)?;
     if let Some(expose) = &bootstrap.expose {
         for key in expose.annotations.keys() {
-            check_qualified_name("bootstrap.expose.annotations", "key", key)?;
+            check_qualified_name("bootstrap.expose.annotations", key)?;
         }
     }
     let image = spec.image.as_deref().unwrap_or(default_image).trim().to_string();
@@ -217,7 +217,7 @@ fn check_pod_metadata(role: &str, pod: &PodSettings) -> Result<(), SpecError> {
     ] {
         let field = format!("{role}.{field}");
         for (key, value) in map {
-            check_qualified_name(&field, "key", key)?;
+            check_qualified_name(&field, key)?;
             if values_are_labels {
                 check_label_value(&field, value)?;
             }
@@ -228,10 +228,10 @@ fn check_pod_metadata(role: &str, pod: &PodSettings) -> Result<(), SpecError> {
 
 /// `[prefix/]name`: the prefix a DNS subdomain of at most 253 characters, the name at most 63
 /// alphanumerics, '-', '_' or '.', starting and ending alphanumeric.
-fn check_qualified_name(field: &str, what: &'static str, key: &str) -> Result<(), SpecError> {
+fn check_qualified_name(field: &str, key: &str) -> Result<(), SpecError> {
     let refuse = |rule| SpecError::InvalidMetadata {
         field: field.to_string(),
-        what,
+        what: "key",
         value: key.to_string(),
         rule,
     };
