@@ -79,8 +79,11 @@ pub async fn apply_children(
     if workers_first {
         worker_deployment = Some(apply(client, ns, &children.worker_deployment).await?);
     }
-    apply(client, ns, &children.bootstrap_service).await?;
+    // The tier is what a scale changes: applied before the objects that rarely change, so that
+    // it takes effect one API round trip after the reconcile starts (the StatefulSet's pods
+    // get their DNS names once the Service below exists, a moment later on creation).
     let bootstrap_statefulset = apply(client, ns, &children.bootstrap_statefulset).await?;
+    apply(client, ns, &children.bootstrap_service).await?;
     apply(client, ns, &children.bootstrap_pdb).await?;
     apply(client, ns, &children.client_service).await?;
     for service in &children.expose_services {

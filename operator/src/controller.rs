@@ -187,9 +187,12 @@ async fn reconcile_cluster(cluster: &DhtCluster, ctx: &Context) -> Result<Action
         }
     };
     let client = &ctx.client;
-    let deployment = apply::get::<Deployment>(client, &id.namespace, &id.worker_name()).await?;
-    let statefulset =
-        apply::get::<StatefulSet>(client, &id.namespace, &id.bootstrap_name()).await?;
+    // Both at once: each is a round trip to the API server before anything is applied.
+    let (worker_name, bootstrap_name) = (id.worker_name(), id.bootstrap_name());
+    let (deployment, statefulset) = tokio::try_join!(
+        apply::get::<Deployment>(client, &id.namespace, &worker_name),
+        apply::get::<StatefulSet>(client, &id.namespace, &bootstrap_name),
+    )?;
     let observed = Observed {
         workers_applied: deployment
             .and_then(|d| d.spec?.replicas)
