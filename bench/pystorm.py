@@ -17,7 +17,6 @@ Protocol with the driver, one JSON line each way:
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
