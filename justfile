@@ -32,7 +32,7 @@ bench-storm: interop-venv
     cargo build --release -p kadscale-node --bin dht-node --bin join-load
     bench/storm.sh
 
-# Joins/s one bootstrap node sustains with p99 under 100 ms, dht-node vs Python, one core each (~1 min); to BENCHMARKS.md.
+# Joins/s one bootstrap node sustains with p99 under 100 ms, dht-node vs Python, one core each (1 to 3 min); to BENCHMARKS.md.
 bench-capacity: interop-venv
     cargo build --release -p kadscale-node --bin dht-node --bin join-load
     bench/capacity.sh
