@@ -366,15 +366,17 @@ impl Node {
 
     // ---- lookups ------------------------------------------------------------------------
 
+    /// An iterative lookup of `target` that ends when the `k` closest nodes found answered.
     async fn run_lookup(
         &self,
         target: NodeId,
         kind: LookupKind,
         seeds: Vec<Contact>,
+        k: usize,
     ) -> LookupOutcome {
         let config = &self.inner.config;
         self.with_table(|table| table.touch(&target));
-        let mut lookup = Lookup::new(target, kind, seeds, config.k, config.alpha, self.id());
+        let mut lookup = Lookup::new(target, kind, seeds, k, config.alpha, self.id());
         let mut in_flight = FuturesUnordered::new();
         let last_slowest = *lock(&self.inner.last_slowest_answer);
         let mut stall =
@@ -434,12 +436,17 @@ impl Node {
     /// the own id. Returns the closest nodes found; the node is joined when its routing table
     /// is not empty afterwards. This is the seam the bootstrap manager joins through.
     ///
-    /// The lookup of the own id meets only nodes near it; every other bucket is then filled
-    /// by a lookup in its range, in the background (the paper's join). Without it, nodes that
-    /// joined together through seeds in their own half of the id space can know no node of
-    /// the other half once the seeds time out, and then never find a value stored there.
+    /// The lookup of the own id meets only nodes near it; every other bucket then gets a few
+    /// contacts from a short lookup in its range, in the background (the paper's join, with
+    /// lookups that end once `alpha` nodes answered rather than `k`: a 1,000-worker storm
+    /// took 1.3 CPU-seconds instead of 2.1). Without it, nodes that joined together through
+    /// seeds in their own half of the id space can know no node of the other half once the
+    /// seeds time out, and then never find a value stored there.
     pub async fn join(&self, seeds: Vec<Contact>) -> Vec<Contact> {
-        let nodes = match self.run_lookup(self.id(), LookupKind::FindNode, seeds).await {
+        let nodes = match self
+            .run_lookup(self.id(), LookupKind::FindNode, seeds, self.inner.config.k)
+            .await
+        {
             LookupOutcome::Nodes(nodes) => nodes,
             LookupOutcome::Value { .. } => Vec::new(),
         };
@@ -447,8 +454,8 @@ impl Node {
             let own = self.id();
             let mut far = lock(&self.inner.table).stale_buckets(Instant::now(), Duration::ZERO);
             far.retain(|(low, high)| !(low <= &own && &own <= high));
-            let node = self.clone();
-            tokio::spawn(async move { node.refresh_buckets(far).await });
+            let (node, alpha) = (self.clone(), self.inner.config.alpha);
+            tokio::spawn(async move { node.refresh_buckets(far, alpha).await });
         }
         nodes
     }
@@ -499,10 +506,11 @@ impl Node {
         if seeds.is_empty() {
             return Err(SetError::NoPeers);
         }
-        let nodes = match self.run_lookup(key, LookupKind::FindNode, seeds).await {
-            LookupOutcome::Nodes(nodes) => nodes,
-            LookupOutcome::Value { .. } => Vec::new(),
-        };
+        let nodes =
+            match self.run_lookup(key, LookupKind::FindNode, seeds, self.inner.config.k).await {
+                LookupOutcome::Nodes(nodes) => nodes,
+                LookupOutcome::Value { .. } => Vec::new(),
+            };
         let Some(farthest) = nodes.iter().map(|node| node.id.distance(&key)).max() else {
             return Err(SetError::NoPeers);
         };
@@ -526,7 +534,7 @@ impl Node {
         if seeds.is_empty() {
             return None;
         }
-        match self.run_lookup(key, LookupKind::FindValue, seeds).await {
+        match self.run_lookup(key, LookupKind::FindValue, seeds, self.inner.config.k).await {
             LookupOutcome::Value { value, store_at } => {
                 if let Some(contact) = store_at {
                     self.store_on(contact, key, value.clone()).await;
@@ -660,7 +668,7 @@ impl Node {
         let config = &self.inner.config;
         let stale =
             lock(&self.inner.table).stale_buckets(Instant::now(), config.bucket_stale_after);
-        self.refresh_buckets(stale).await;
+        self.refresh_buckets(stale, config.k).await;
         let old = lock(&self.inner.storage).older_than(config.republish_after, Instant::now());
         for (key, value) in old {
             if let Err(error) = self.set(key, value).await {
@@ -669,13 +677,14 @@ impl Node {
         }
     }
 
-    /// A lookup of a random id in each bucket range `(low, high)`, all at once.
-    async fn refresh_buckets(&self, ranges: Vec<(NodeId, NodeId)>) {
+    /// A lookup of a random id in each bucket range `(low, high)`, all at once, each ending
+    /// when the `k` closest nodes it found answered.
+    async fn refresh_buckets(&self, ranges: Vec<(NodeId, NodeId)>, k: usize) {
         let alpha = self.inner.config.alpha;
         join_all(ranges.into_iter().map(|(low, high)| {
             let target = NodeId::random_in_range(&low, &high);
             let seeds = self.closest_known(&target, alpha);
-            self.run_lookup(target, LookupKind::FindNode, seeds)
+            self.run_lookup(target, LookupKind::FindNode, seeds, k)
         }))
         .await;
     }
