@@ -451,9 +451,7 @@ impl Node {
             LookupOutcome::Value { .. } => Vec::new(),
         };
         if !nodes.is_empty() {
-            let own = self.id();
-            let mut far = lock(&self.inner.table).stale_buckets(Instant::now(), Duration::ZERO);
-            far.retain(|(low, high)| !(low <= &own && &own <= high));
+            let far = lock(&self.inner.table).far_buckets();
             let (node, alpha) = (self.clone(), self.inner.config.alpha);
             tokio::spawn(async move { node.refresh_buckets(far, alpha).await });
         }
@@ -688,9 +686,7 @@ impl Node {
         }))
         .await;
     }
-}
 
-impl Node {
     /// The k contacts closest to `key`, closest first as Python sends them, that a
     /// `find_node` (or a `find_value` without the value) from `from` is answered with.
     fn answer_nodes(&self, key: &NodeId, from: SocketAddr) -> Vec<Contact> {

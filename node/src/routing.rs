@@ -317,17 +317,6 @@ impl RoutingTable {
         count: usize,
         exclude: Option<SocketAddr>,
     ) -> Vec<Contact> {
-        let mut found = self.closest_keyed(target, count, exclude);
-        found.sort_unstable_by_key(|(key, _)| *key);
-        found.into_iter().map(|(_, contact)| contact).collect()
-    }
-
-    fn closest_keyed(
-        &self,
-        target: &NodeId,
-        count: usize,
-        exclude: Option<SocketAddr>,
-    ) -> Vec<(DistanceKey, Contact)> {
         // Every bucket covers an aligned block of ids, and XOR with the target maps aligned
         // blocks to aligned blocks: all of one bucket's contacts are closer to the target than
         // all of another's. So buckets are visited closest block first, and the visit stops
@@ -361,13 +350,24 @@ impl RoutingTable {
                 found.truncate(count);
             }
         }
-        found
+        found.sort_unstable_by_key(|(key, _)| *key);
+        found.into_iter().map(|(_, contact)| contact).collect()
     }
 
     /// Marks the bucket holding `target` as used now, as a lookup near it does in Python.
     pub fn touch(&mut self, target: &NodeId) {
         let index = self.bucket_index(target);
         self.buckets[index].last_touched = Instant::now();
+    }
+
+    /// Ranges `(low, high)` of the buckets that do not hold the own id: the ones a lookup of
+    /// the own id does not fill, for the lookups that follow a join.
+    pub fn far_buckets(&self) -> Vec<(NodeId, NodeId)> {
+        self.buckets
+            .iter()
+            .filter(|bucket| !bucket.covers(&self.own_id))
+            .map(|bucket| (bucket.low, bucket.high))
+            .collect()
     }
 
     /// Ranges `(low, high)` of buckets not touched since `now - max_age`, for refresh lookups.
@@ -471,6 +471,19 @@ mod tests {
         assert_eq!(table.len(), 2);
         assert_eq!(table.get(&id).unwrap().addr.port(), 1);
         assert_eq!(table.contacts().last().unwrap().id, id, "most recently seen last");
+    }
+
+    #[test]
+    fn far_buckets_are_every_bucket_but_the_one_holding_the_own_id() {
+        let mut table = RoutingTable::new(NodeId::ZERO, 2);
+        assert!(table.far_buckets().is_empty(), "one bucket, holding the own id");
+        for (i, first) in [0x80, 0x90, 0x01, 0x02, 0x03].into_iter().enumerate() {
+            table.add(contact(id_with_first_byte(first, 0), 1000 + i as u16));
+        }
+        let far = table.far_buckets();
+        assert_eq!(far.len(), table.bucket_count() - 1);
+        assert!(far.iter().all(|(low, _)| *low != NodeId::ZERO), "{far:?}");
+        assert!(far.contains(&(id_with_first_byte(0x80, 0), NodeId::MAX)), "{far:?}");
     }
 
     #[test]
