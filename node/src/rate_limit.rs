@@ -28,6 +28,12 @@ struct Budget {
     refilled_at: Instant,
 }
 
+impl Budget {
+    fn full(requests: f64, answer_bytes: f64, now: Instant) -> Budget {
+        Budget { requests, answer_bytes, refilled_at: now }
+    }
+}
+
 /// The budgets of every source a node hears requests from.
 #[derive(Debug)]
 pub struct SourceLimits {
@@ -46,16 +52,11 @@ impl SourceLimits {
         let rate = |limit: u32| if limit == 0 { f64::INFINITY } else { f64::from(limit) };
         let (requests_per_second, answer_bytes_per_second) =
             (rate(requests_per_second), rate(answer_bytes_per_second));
-        let full = Budget {
-            requests: requests_per_second,
-            answer_bytes: answer_bytes_per_second,
-            refilled_at: now,
-        };
         SourceLimits {
             requests_per_second,
             answer_bytes_per_second,
             sources: HashMap::new(),
-            overflow: full,
+            overflow: Budget::full(requests_per_second, answer_bytes_per_second, now),
             last_cleanup: now,
         }
     }
@@ -94,20 +95,18 @@ impl SourceLimits {
     /// The refilled budget of `from`'s source.
     fn budget(&mut self, from: SocketAddr, now: Instant) -> &mut Budget {
         let source = source_of(&from);
-        if !self.sources.contains_key(&source) && self.sources.len() >= MAX_TRACKED_SOURCES {
+        let known = self.sources.contains_key(&source);
+        if !known && self.sources.len() >= MAX_TRACKED_SOURCES {
             self.forget_idle(now);
         }
         let (requests_rate, bytes_rate) = (self.requests_per_second, self.answer_bytes_per_second);
-        let budget =
-            if self.sources.len() < MAX_TRACKED_SOURCES || self.sources.contains_key(&source) {
-                self.sources.entry(source).or_insert(Budget {
-                    requests: requests_rate,
-                    answer_bytes: bytes_rate,
-                    refilled_at: now,
-                })
-            } else {
-                &mut self.overflow
-            };
+        let budget = if known || self.sources.len() < MAX_TRACKED_SOURCES {
+            self.sources
+                .entry(source)
+                .or_insert_with(|| Budget::full(requests_rate, bytes_rate, now))
+        } else {
+            &mut self.overflow
+        };
         let elapsed = now.saturating_duration_since(budget.refilled_at).as_secs_f64();
         budget.requests = (budget.requests + requests_rate * elapsed).min(requests_rate);
         budget.answer_bytes = (budget.answer_bytes + bytes_rate * elapsed).min(bytes_rate);
