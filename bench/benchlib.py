@@ -1,5 +1,5 @@
 """Shared by bench/storm.py and bench/capacity.py: how each system's nodes are started, and
-what is read about a process (CPU seconds, RSS) from /proc. Standard library only."""
+what is read about a process (CPU seconds, RSS, PSS) from /proc. Standard library only."""
 
 import os
 import random
@@ -36,18 +36,27 @@ def cpu_seconds(pid):
 
 
 def memory_bytes(pid):
-    """(VmRSS, RssAnon) of a running process from /proc/PID/status: all resident pages, and
-    the private heap and stacks alone (RSS also counts the mapped pages of the executable and
-    shared libraries, which every process running the same binary shares)."""
+    """{"rss", "anon", "pss"} of a running process, in bytes. rss (VmRSS of /proc/PID/status):
+    all resident pages. anon (RssAnon): the private heap and stacks alone, without the mapped
+    pages of the executable and shared libraries. pss (Pss of /proc/PID/smaps_rollup): every
+    resident page divided by the number of processes mapping it, so the pages of a binary that
+    ten processes run count a tenth in each; the PSS of all processes adds up to the memory
+    they use together."""
     found = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             name, _, value = line.partition(":")
             if name in ("VmRSS", "RssAnon"):
                 found[name] = int(value.split()[0]) * 1024
-    if len(found) != 2:
-        raise RuntimeError(f"/proc/{pid}/status lacks VmRSS or RssAnon (has the process exited?)")
-    return found["VmRSS"], found["RssAnon"]
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, value = line.partition(":")
+            if name == "Pss":
+                found[name] = int(value.split()[0]) * 1024
+    if len(found) != 3:
+        raise RuntimeError(f"/proc/{pid} lacks VmRSS, RssAnon or Pss (has the process exited?): "
+                           f"found {sorted(found)}")
+    return {"rss": found["VmRSS"], "anon": found["RssAnon"], "pss": found["Pss"]}
 
 
 def udp_receive_buffer_errors():

@@ -7,8 +7,9 @@ memory. Both use k = 25 (the replaced deployment's) and alpha = 3.
 
 Measured per run: time from `go` until the last worker joined, join latency p50/p99 (each
 worker from its own start of bootstrap), failed joins, CPU seconds of every process of the
-run during the storm, RSS per node (a worker process's RSS divided by the nodes in it; a
-bootstrap process's RSS). Writes a JSON file, a Markdown fragment and an SVG plot.
+run during the storm, memory per node (RSS, PSS and anonymous memory: a worker process's
+divided by the nodes in it; a bootstrap process's). Writes a JSON file, a Markdown fragment
+and an SVG plot.
 """
 
 import argparse
@@ -106,12 +107,20 @@ def run_storm(system, workers, bootstraps, group, deadline, log):
         "cpu_seconds_workers": sum(cpu[bootstraps:]),
         "receive_buffer_drops": drops,
         "mean_routing_table": sum(node["routing_table"] for node in nodes) / len(nodes),
-        "rss_per_worker_node_bytes": sum(rss for rss, _ in memory[bootstraps:]) / workers,
-        "anon_per_worker_node_bytes": sum(anon for _, anon in memory[bootstraps:]) / workers,
-        "rss_per_bootstrap_node_bytes": sum(rss for rss, _ in memory[:bootstraps]) / bootstraps,
-        "anon_per_bootstrap_node_bytes": sum(anon for _, anon in memory[:bootstraps]) / bootstraps,
+        **memory_per_node(memory[bootstraps:], workers, "worker"),
+        **memory_per_node(memory[:bootstraps], bootstraps, "bootstrap"),
         "commands": commands,
     }
+
+
+# The memory figures of benchlib.memory_bytes, in the order the tables give them.
+MEMORY_KINDS = ("rss", "pss", "anon")
+
+
+def memory_per_node(memory, nodes, role):
+    """{"rss_per_ROLE_node_bytes": ..., "pss_...", "anon_..."}: the processes' sums / nodes."""
+    return {f"{kind}_per_{role}_node_bytes": sum(process[kind] for process in memory) / nodes
+            for kind in MEMORY_KINDS}
 
 
 def milliseconds(seconds):
@@ -136,14 +145,9 @@ def compare(runs):
             "group": group,
             "full_join": ratio(python_time, dht["all_joined_after_secs"]),
             "python_all_joined": python["all_joined_after_secs"] is not None,
-            "rss_per_worker_node": ratio(python["rss_per_worker_node_bytes"],
-                                         dht["rss_per_worker_node_bytes"]),
-            "rss_per_bootstrap_node": ratio(python["rss_per_bootstrap_node_bytes"],
-                                            dht["rss_per_bootstrap_node_bytes"]),
-            "anon_per_worker_node": ratio(python["anon_per_worker_node_bytes"],
-                                          dht["anon_per_worker_node_bytes"]),
-            "anon_per_bootstrap_node": ratio(python["anon_per_bootstrap_node_bytes"],
-                                             dht["anon_per_bootstrap_node_bytes"]),
+            **{f"{kind}_per_{role}_node": ratio(python[f"{kind}_per_{role}_node_bytes"],
+                                                dht[f"{kind}_per_{role}_node_bytes"])
+               for kind in MEMORY_KINDS for role in ("worker", "bootstrap")},
             "cpu_seconds": ratio(python["cpu_seconds_bootstrap"] + python["cpu_seconds_workers"],
                                  dht["cpu_seconds_bootstrap"] + dht["cpu_seconds_workers"]),
         })
@@ -152,6 +156,21 @@ def compare(runs):
 
 def number(value, digits=1, unit=""):
     return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def memory_cell(run, role, digits):
+    """"RSS / PSS / anon" per node of `role` in MiB."""
+    return " / ".join(f"{benchlib.mib(run[f'{kind}_per_{role}_node_bytes']):.{digits}f}"
+                      for kind in MEMORY_KINDS) + " MiB"
+
+
+def ratio_cell(comparison, role):
+    """"RSS / PSS / anon" ratios of `role`, the RSS and PSS ones (the targets') in bold."""
+    cells = []
+    for kind in MEMORY_KINDS:
+        text = number(comparison[f"{kind}_per_{role}_node"], 1, "x")
+        cells.append(text if kind == "anon" else f"**{text}**")
+    return " / ".join(cells)
 
 
 def layout(comparison):
@@ -175,16 +194,21 @@ def markdown(report, svg_link):
         "returned within 60 s with a non-empty routing table (it does not retry); dht-node's manager "
         "reported it joined within 60 s.",
         "",
-        f"Memory: RSS per worker node = the worker processes' RSS / workers (each process's interpreter "
-        f"or runtime shared by {group} nodes); per bootstrap node = a bootstrap process's RSS. In "
-        "parentheses the anonymous part (RssAnon: heap and stacks), without the mapped pages of the "
-        "executable and libraries, which processes running the same binary share. Contacts per worker: "
-        "the mean routing-table size when the worker process reported (a node knowing more of the "
-        "network holds more).",
+        f"Memory, three figures per node: RSS / PSS / anon. Per worker node = the worker processes' "
+        f"sum / workers (each process's interpreter or runtime shared by {group} nodes); per bootstrap "
+        "node = a bootstrap process's. RSS (VmRSS) counts every resident page, the executable's and "
+        "shared libraries' mapped pages in full in every process. PSS (Pss of smaps_rollup) divides "
+        "each shared page among the processes mapping it: on a host where many nodes run the same "
+        "binary its text is in memory once, so PSS, the kernel's fair share of it, is what one more "
+        "node costs the host, and the PSS of all nodes adds up to their memory together. Anon "
+        "(RssAnon): heap and stacks alone, what a node costs beyond any shared page. Contacts per "
+        "worker: the mean routing-table size when the worker process reported (a node knowing more "
+        "of the network holds more).",
         "",
         "| workers | bootstrap nodes (tier) | nodes per worker process | system | all joined after "
-        "| join p50 | join p99 | failed joins | CPU s bootstrap + workers | RSS per worker node (anon) "
-        "| RSS per bootstrap node (anon) | contacts per worker | receive-buffer drops |",
+        "| join p50 | join p99 | failed joins | CPU s bootstrap + workers "
+        "| per worker node: RSS / PSS / anon | per bootstrap node: RSS / PSS / anon "
+        "| contacts per worker | receive-buffer drops |",
         "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
@@ -196,18 +220,16 @@ def markdown(report, svg_link):
             f"| {LABELS[run['system']]} "
             f"| {after} | {number(run['join_p50_ms'], 1, ' ms')} | {number(run['join_p99_ms'], 1, ' ms')} "
             f"| {run['failed']} | {run['cpu_seconds_bootstrap']:.2f} + {run['cpu_seconds_workers']:.2f} "
-            f"| {benchlib.mib(run['rss_per_worker_node_bytes']):.3f} MiB "
-            f"({benchlib.mib(run['anon_per_worker_node_bytes']):.3f}) "
-            f"| {benchlib.mib(run['rss_per_bootstrap_node_bytes']):.1f} MiB "
-            f"({benchlib.mib(run['anon_per_bootstrap_node_bytes']):.1f}) | {run['mean_routing_table']:.0f} "
+            f"| {memory_cell(run, 'worker', 3)} | {memory_cell(run, 'bootstrap', 1)} "
+            f"| {run['mean_routing_table']:.0f} "
             f"| {run['receive_buffer_drops']} |")
     lines += [
         "",
         "Ratios, Python / dht-node, same run (targets: at least 20x faster to a full join, at least "
         "10x less memory per node):",
         "",
-        "| workers | nodes per worker process | time to full join | RSS per worker node (anon) "
-        "| RSS per bootstrap node (anon) | CPU seconds |",
+        "| workers | nodes per worker process | time to full join "
+        "| per worker node: RSS / PSS / anon | per bootstrap node: RSS / PSS / anon | CPU seconds |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for c in comparisons:
@@ -215,13 +237,14 @@ def markdown(report, svg_link):
         if c["full_join"] is not None and not c["python_all_joined"]:
             full += " (to Python's last join; not all joined)"
         lines.append(
-            f"| {c['workers']} | {c['group']} | **{full}** | **{number(c['rss_per_worker_node'], 1, 'x')}** "
-            f"({number(c['anon_per_worker_node'], 1, 'x')}) | {number(c['rss_per_bootstrap_node'], 1, 'x')} "
-            f"({number(c['anon_per_bootstrap_node'], 1, 'x')}) | {number(c['cpu_seconds'], 1, 'x')} |")
+            f"| {c['workers']} | {c['group']} | **{full}** | {ratio_cell(c, 'worker')} "
+            f"| {ratio_cell(c, 'bootstrap')} | {number(c['cpu_seconds'], 1, 'x')} |")
     verdicts = []
     for target, key, goal in (("20x faster to a full join", "full_join", 20),
                               ("10x less RSS per worker node", "rss_per_worker_node", 10),
-                              ("10x less RSS per bootstrap node", "rss_per_bootstrap_node", 10)):
+                              ("10x less PSS per worker node", "pss_per_worker_node", 10),
+                              ("10x less RSS per bootstrap node", "rss_per_bootstrap_node", 10),
+                              ("10x less PSS per bootstrap node", "pss_per_bootstrap_node", 10)):
         missed = [layout(c) for c in comparisons if (c[key] or 0) < goal]
         verdicts.append(f"{target}: " + (f"**missed** at {', '.join(missed)}"
                                          if missed else "met at every size"))
@@ -324,8 +347,9 @@ def check(report):
             problems.append(f"{name}: {run['joined']} joined, {run['failed']} failed")
         if not run["all_joined_after_secs"] or not run["join_p99_ms"]:
             problems.append(f"{name}: no full-join time or p99")
-        if run["rss_per_worker_node_bytes"] <= 0 or run["rss_per_bootstrap_node_bytes"] <= 0:
-            problems.append(f"{name}: no RSS measured")
+        for kind in MEMORY_KINDS:
+            if run[f"{kind}_per_worker_node_bytes"] <= 0 or run[f"{kind}_per_bootstrap_node_bytes"] <= 0:
+                problems.append(f"{name}: no {kind} measured")
     return problems
 
 
