@@ -150,15 +150,16 @@ pub enum FindValueAnswer {
 
 /// A decoded datagram.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Datagram {
+pub enum Datagram<'a> {
     Request {
         id: MessageId,
         request: Request,
     },
-    /// The body's meaning depends on the call it answers, so it stays generic here.
+    /// The body's meaning depends on the call it answers, so it stays bytes here, for that
+    /// call's reader (`find_node_answer`, ...).
     Response {
         id: MessageId,
-        body: Msgpack,
+        body: &'a [u8],
     },
 }
 
@@ -185,8 +186,9 @@ impl DecodeError {
     }
 }
 
-/// Decodes a whole datagram: framing, msgpack body, and for requests the typed procedure.
-pub fn decode_datagram(datagram: &[u8]) -> Result<Datagram, DecodeError> {
+/// Decodes a whole datagram: framing, and for requests the msgpack body and the typed
+/// procedure.
+pub fn decode_datagram(datagram: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     if datagram.len() < MIN_DATAGRAM_LEN {
         return Err(DecodeError::TooShort(datagram.len()));
     }
@@ -197,11 +199,11 @@ pub fn decode_datagram(datagram: &[u8]) -> Result<Datagram, DecodeError> {
     let mut id = [0u8; MESSAGE_ID_LEN];
     id.copy_from_slice(&datagram[1..1 + MESSAGE_ID_LEN]);
     let body_start = 1 + MESSAGE_ID_LEN;
-    let body = decode_msgpack_at(datagram, body_start)?;
     if kind == REQUEST {
+        let body = decode_msgpack_at(datagram, body_start)?;
         Ok(Datagram::Request { id, request: request_from_body(body)? })
     } else {
-        Ok(Datagram::Response { id, body })
+        Ok(Datagram::Response { id, body: &datagram[body_start..] })
     }
 }
 
@@ -214,12 +216,7 @@ pub fn decode_msgpack(bytes: &[u8]) -> Result<Msgpack, DecodeError> {
 fn decode_msgpack_at(bytes: &[u8], start: usize) -> Result<Msgpack, DecodeError> {
     let mut reader = Reader { bytes, pos: start };
     let value = reader.value(0)?;
-    if reader.pos != bytes.len() {
-        return Err(DecodeError::at(
-            reader.pos,
-            format!("{} trailing bytes after the body", bytes.len() - reader.pos),
-        ));
-    }
+    reader.finish()?;
     Ok(value)
 }
 
@@ -335,87 +332,72 @@ pub fn value_from_msgpack(value: &Msgpack) -> Result<Value, String> {
 }
 
 /// Reads a `ping` answer: the peer's id.
-pub fn ping_answer(body: &Msgpack) -> Result<NodeId, DecodeError> {
-    id_from_msgpack(body).map_err(|reason| DecodeError::field("ping answer", reason))
+pub fn ping_answer(body: &[u8]) -> Result<NodeId, DecodeError> {
+    let body = decode_msgpack(body)?;
+    id_from_msgpack(&body).map_err(|reason| DecodeError::field("ping answer", reason))
 }
 
 /// Reads a `store` answer: Python returns `true`.
-pub fn store_answer(body: &Msgpack) -> Result<bool, DecodeError> {
+pub fn store_answer(body: &[u8]) -> Result<bool, DecodeError> {
+    let body = decode_msgpack(body)?;
     body.as_bool().ok_or_else(|| {
-        DecodeError::field("store answer", format!("expected bool, got {}", kind(body)))
+        DecodeError::field("store answer", format!("expected bool, got {}", kind(&body)))
     })
 }
 
 /// Reads a `stun` answer: `[ip, port]`.
-pub fn stun_answer(body: &Msgpack) -> Result<SocketAddr, DecodeError> {
-    let parts = body.as_array().ok_or_else(|| {
-        DecodeError::field("stun answer", format!("expected [ip, port], got {}", kind(body)))
-    })?;
-    match parts.as_slice() {
-        [ip, port] => address_from_msgpack("stun answer", ip, port),
-        _ => Err(DecodeError::field(
-            "stun answer",
-            format!("expected 2 elements, got {}", parts.len()),
-        )),
+pub fn stun_answer(body: &[u8]) -> Result<SocketAddr, DecodeError> {
+    let mut reader = Reader { bytes: body, pos: 0 };
+    let field = || "stun answer".to_owned();
+    let parts = reader.array_len(&field)?;
+    if parts != 2 {
+        return Err(DecodeError::field(field(), format!("expected 2 elements, got {parts}")));
     }
+    let addr = reader.address(&field)?;
+    reader.finish()?;
+    Ok(addr)
 }
 
-/// Reads a `find_node` answer: `[[id, ip, port], ...]`.
-pub fn find_node_answer(body: &Msgpack) -> Result<Vec<Contact>, DecodeError> {
-    let entries = body.as_array().ok_or_else(|| {
-        DecodeError::field("find_node answer", format!("expected array, got {}", kind(body)))
-    })?;
-    entries.iter().enumerate().map(|(index, entry)| contact_from_msgpack(index, entry)).collect()
+/// Reads a `find_node` answer, `[[id, ip, port], ...]`, straight from its bytes: a lookup
+/// reads one per call, and a tree of msgpack values would cost allocations for every field.
+pub fn find_node_answer(body: &[u8]) -> Result<Vec<Contact>, DecodeError> {
+    let mut reader = Reader { bytes: body, pos: 0 };
+    let count = reader.array_len(&|| "find_node answer".to_owned())?;
+    let mut contacts = Vec::with_capacity(count);
+    for index in 0..count {
+        // Named only on error: formatting it for every contact cost more than reading it.
+        let field = || format!("find_node answer [{index}]");
+        let parts = reader.array_len(&field)?;
+        if parts != 3 {
+            return Err(DecodeError::field(field(), format!("expected 3 elements, got {parts}")));
+        }
+        let id = reader.bin(&|| format!("{} id", field()))?;
+        let id = NodeId::from_slice(id).ok_or_else(|| {
+            DecodeError::field(
+                format!("{} id", field()),
+                format!("expected {ID_LEN} bytes, got {}", id.len()),
+            )
+        })?;
+        contacts.push(Contact { id, addr: reader.address(&field)? });
+    }
+    reader.finish()?;
+    Ok(contacts)
 }
 
 /// Reads a `find_value` answer: `{"value": v}` or a `find_node` answer.
-pub fn find_value_answer(body: &Msgpack) -> Result<FindValueAnswer, DecodeError> {
-    let Some(map) = body.as_map() else {
+pub fn find_value_answer(body: &[u8]) -> Result<FindValueAnswer, DecodeError> {
+    if !matches!(body.first(), Some(&marker) if marker_kind(marker) == "map") {
         return find_node_answer(body).map(FindValueAnswer::Nodes);
-    };
-    let value = map
-        .iter()
-        .find(|(key, _)| key.as_str() == Some("value"))
+    }
+    let body = decode_msgpack(body)?;
+    let value = body
+        .as_map()
+        .and_then(|map| map.iter().find(|(key, _)| key.as_str() == Some("value")))
         .map(|(_, value)| value)
-        .ok_or_else(|| {
-        DecodeError::field("find_value answer", "map without a \"value\" key")
-    })?;
+        .ok_or_else(|| DecodeError::field("find_value answer", "map without a \"value\" key"))?;
     value_from_msgpack(value)
         .map(FindValueAnswer::Value)
         .map_err(|reason| DecodeError::field("find_value answer value", reason))
-}
-
-fn contact_from_msgpack(index: usize, entry: &Msgpack) -> Result<Contact, DecodeError> {
-    let field = format!("find_node answer [{index}]");
-    let parts = entry.as_array().ok_or_else(|| {
-        DecodeError::field(&field, format!("expected [id, ip, port], got {}", kind(entry)))
-    })?;
-    match parts.as_slice() {
-        [id, ip, port] => Ok(Contact {
-            id: id_from_msgpack(id)
-                .map_err(|reason| DecodeError::field(format!("{field} id"), reason))?,
-            addr: address_from_msgpack(&field, ip, port)?,
-        }),
-        _ => Err(DecodeError::field(field, format!("expected 3 elements, got {}", parts.len()))),
-    }
-}
-
-fn address_from_msgpack(
-    field: &str,
-    ip: &Msgpack,
-    port: &Msgpack,
-) -> Result<SocketAddr, DecodeError> {
-    let ip: IpAddr = ip
-        .as_str()
-        .ok_or_else(|| {
-            DecodeError::field(format!("{field} ip"), format!("expected str, got {}", kind(ip)))
-        })?
-        .parse()
-        .map_err(|error| DecodeError::field(format!("{field} ip"), format!("{error}")))?;
-    let port = port.as_u64().and_then(|port| u16::try_from(port).ok()).ok_or_else(|| {
-        DecodeError::field(format!("{field} port"), format!("expected a port number, got {port}"))
-    })?;
-    Ok(SocketAddr::new(ip, port))
 }
 
 /// The msgpack type name of a value, for error messages.
@@ -432,6 +414,25 @@ fn kind(value: &Msgpack) -> &'static str {
         Msgpack::Ext(..) => "ext",
     }
 }
+
+/// The msgpack type name of the value a marker byte starts, for error messages.
+fn marker_kind(marker: u8) -> &'static str {
+    match marker {
+        0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => "int",
+        0x80..=0x8f | 0xde | 0xdf => "map",
+        0x90..=0x9f | 0xdc | 0xdd => "array",
+        0xa0..=0xbf | 0xd9..=0xdb => "str",
+        0xc0 => "nil",
+        0xc1 => "reserved marker 0xc1",
+        0xc2 | 0xc3 => "bool",
+        0xc4..=0xc6 => "bin",
+        0xc7..=0xc9 | 0xd4..=0xd8 => "ext",
+        0xca | 0xcb => "float",
+    }
+}
+
+/// A field name built only when an error needs it.
+type FieldName<'f> = &'f dyn Fn() -> String;
 
 /// A bounds-checked msgpack reader over one datagram.
 struct Reader<'a> {
@@ -480,54 +481,120 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         let marker = self.byte()?;
         Ok(match marker {
-            0x00..=0x7f => Msgpack::from(marker),
+            0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => Msgpack::Integer(self.int_after(marker)?),
             0x80..=0x8f => self.map(usize::from(marker & 0x0f), at, depth)?,
-            0x90..=0x9f => self.array(usize::from(marker & 0x0f), at, depth)?,
-            0xa0..=0xbf => self.string(usize::from(marker & 0x1f), at)?,
+            0x90..=0x9f | 0xdc | 0xdd => {
+                let len = self.array_len_after(marker)?;
+                self.array(len, at, depth)?
+            }
+            0xa0..=0xbf | 0xd9..=0xdb => Msgpack::from(self.str_after(marker, at)?),
             0xc0 => Msgpack::Nil,
             0xc1 => return Err(DecodeError::at(at, "reserved marker 0xc1")),
             0xc2 => Msgpack::Boolean(false),
             0xc3 => Msgpack::Boolean(true),
-            0xc4..=0xc6 => {
-                let len = self.len(1 << (marker - 0xc4), 1)?;
-                Msgpack::Binary(self.take(len)?.to_vec())
-            }
+            0xc4..=0xc6 => Msgpack::Binary(self.bin_after(marker)?.to_vec()),
             0xc7..=0xc9 => {
                 let len = self.len(1 << (marker - 0xc7), 1)?;
                 self.ext(len)?
             }
             0xca => Msgpack::F32(f32::from_bits(self.uint(4)? as u32)),
             0xcb => Msgpack::F64(f64::from_bits(self.uint(8)?)),
-            0xcc..=0xcf => Msgpack::from(self.uint(1 << (marker - 0xcc))?),
+            0xd4..=0xd8 => self.ext(1 << (marker - 0xd4))?,
+            0xde | 0xdf => {
+                let len = self.len(2 << (marker - 0xde), 2)?;
+                self.map(len, at, depth)?
+            }
+        })
+    }
+
+    /// Fails unless every byte was read.
+    fn finish(&self) -> Result<(), DecodeError> {
+        match self.bytes.len() - self.pos {
+            0 => Ok(()),
+            left => Err(DecodeError::at(self.pos, format!("{left} trailing bytes after the body"))),
+        }
+    }
+
+    /// The next marker, which must start a value of `kind` ([`marker_kind`]) for `field`.
+    fn marker_of(&mut self, kind: &str, field: FieldName) -> Result<u8, DecodeError> {
+        let marker = self.byte()?;
+        if marker_kind(marker) != kind {
+            return Err(DecodeError::field(
+                field(),
+                format!("expected {kind}, got {}", marker_kind(marker)),
+            ));
+        }
+        Ok(marker)
+    }
+
+    /// The element count of the array `field`.
+    fn array_len(&mut self, field: FieldName) -> Result<usize, DecodeError> {
+        let marker = self.marker_of("array", field)?;
+        self.array_len_after(marker)
+    }
+
+    /// The bytes of the bin `field`.
+    fn bin(&mut self, field: FieldName) -> Result<&'a [u8], DecodeError> {
+        let marker = self.marker_of("bin", field)?;
+        self.bin_after(marker)
+    }
+
+    /// A contact's or stun answer's address as Python writes it: the IP as its text, then the
+    /// port as an int.
+    fn address(&mut self, field: FieldName) -> Result<SocketAddr, DecodeError> {
+        let ip_field = || format!("{} ip", field());
+        let at = self.pos;
+        let marker = self.marker_of("str", &ip_field)?;
+        let ip: IpAddr = self
+            .str_after(marker, at)?
+            .parse()
+            .map_err(|error| DecodeError::field(ip_field(), format!("{error}")))?;
+        let port_field = || format!("{} port", field());
+        let marker = self.marker_of("int", &port_field)?;
+        let port = self.int_after(marker)?;
+        let port = port.as_u64().and_then(|port| u16::try_from(port).ok()).ok_or_else(|| {
+            DecodeError::field(port_field(), format!("expected a port number, got {port}"))
+        })?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    /// The integer after an int marker: unsigned forms as u64, signed ones as i64.
+    fn int_after(&mut self, marker: u8) -> Result<rmpv::Integer, DecodeError> {
+        Ok(match marker {
+            0x00..=0x7f => rmpv::Integer::from(marker),
+            0xcc..=0xcf => rmpv::Integer::from(self.uint(1 << (marker - 0xcc))?),
             0xd0..=0xd3 => {
                 let width = 1usize << (marker - 0xd0);
                 let raw = self.uint(width)?;
                 // Sign-extend the big-endian two's complement integer of `width` bytes.
                 let shift = 64 - 8 * width as u32;
-                Msgpack::from(((raw << shift) as i64) >> shift)
+                rmpv::Integer::from(((raw << shift) as i64) >> shift)
             }
-            0xd4..=0xd8 => self.ext(1 << (marker - 0xd4))?,
-            0xd9..=0xdb => {
-                let len = self.len(1 << (marker - 0xd9), 1)?;
-                self.string(len, at)?
-            }
-            0xdc | 0xdd => {
-                let len = self.len(2 << (marker - 0xdc), 1)?;
-                self.array(len, at, depth)?
-            }
-            0xde | 0xdf => {
-                let len = self.len(2 << (marker - 0xde), 2)?;
-                self.map(len, at, depth)?
-            }
-            0xe0..=0xff => Msgpack::from(i64::from(marker as i8)),
+            // The negative fixints, 0xe0..=0xff: the marker is the value.
+            _ => rmpv::Integer::from(i64::from(marker as i8)),
         })
     }
 
-    fn string(&mut self, len: usize, at: usize) -> Result<Msgpack, DecodeError> {
-        let bytes = self.take(len)?;
-        let text = std::str::from_utf8(bytes)
-            .map_err(|error| DecodeError::at(at, format!("str is not valid UTF-8: {error}")))?;
-        Ok(Msgpack::from(text))
+    fn array_len_after(&mut self, marker: u8) -> Result<usize, DecodeError> {
+        match marker {
+            0x90..=0x9f => Ok(usize::from(marker & 0x0f)),
+            _ => self.len(2 << (marker - 0xdc), 1),
+        }
+    }
+
+    fn bin_after(&mut self, marker: u8) -> Result<&'a [u8], DecodeError> {
+        let len = self.len(1 << (marker - 0xc4), 1)?;
+        self.take(len)
+    }
+
+    /// The text after a str marker found at byte `at`.
+    fn str_after(&mut self, marker: u8, at: usize) -> Result<&'a str, DecodeError> {
+        let len = match marker {
+            0xa0..=0xbf => usize::from(marker & 0x1f),
+            _ => self.len(1 << (marker - 0xd9), 1)?,
+        };
+        std::str::from_utf8(self.take(len)?)
+            .map_err(|error| DecodeError::at(at, format!("str is not valid UTF-8: {error}")))
     }
 
     fn ext(&mut self, len: usize) -> Result<Msgpack, DecodeError> {
@@ -854,15 +921,30 @@ pub fn check_decoder(datagram: &[u8]) -> bool {
         Ok(Datagram::Request { id, request }) => encode_request(&id, &request),
         Ok(Datagram::Response { id, body }) => {
             // Readers may refuse a body, never panic on it.
-            let _ = (ping_answer(&body), store_answer(&body), stun_answer(&body));
-            let _ = (find_node_answer(&body), find_value_answer(&body));
-            encode_response(&id, &Response::Extension(body))
+            let _ = (ping_answer(body), store_answer(body), stun_answer(body));
+            let _ = find_value_answer(body);
+            if let Ok(contacts) = find_node_answer(body) {
+                let again = encode_response(&id, &Response::Nodes(contacts.clone()));
+                assert_eq!(
+                    find_node_answer(&again[1 + MESSAGE_ID_LEN..]),
+                    Ok(contacts),
+                    "contacts do not survive re-encoding"
+                );
+            }
+            match decode_msgpack(body) {
+                Ok(tree) => encode_response(&id, &Response::Extension(tree)),
+                Err(_) => return false,
+            }
         }
     };
-    let again = match decode_datagram(&encoded) {
-        Ok(Datagram::Request { id, request }) => encode_request(&id, &request),
-        Ok(Datagram::Response { id, body }) => encode_response(&id, &Response::Extension(body)),
-        Err(error) => panic!("re-encoded datagram does not decode: {error}"),
+    let again = match decode_datagram(&encoded).map(|datagram| match datagram {
+        Datagram::Request { id, request } => Ok(encode_request(&id, &request)),
+        Datagram::Response { id, body } => {
+            decode_msgpack(body).map(|tree| encode_response(&id, &Response::Extension(tree)))
+        }
+    }) {
+        Ok(Ok(again)) => again,
+        Ok(Err(error)) | Err(error) => panic!("re-encoded datagram does not decode: {error}"),
     };
     assert_eq!(encoded, again, "re-encoding is not stable");
     true
@@ -870,7 +952,7 @@ pub fn check_decoder(datagram: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
@@ -1023,11 +1105,13 @@ mod tests {
             Contact { id, addr: "127.0.0.1:5678".parse().unwrap() },
             Contact { id: other, addr: "[::1]:7000".parse().unwrap() },
         ];
-        let decode_body =
-            |response: &Response| match decode_datagram(&encode_response(&ID, response)) {
-                Ok(Datagram::Response { id: got, body }) if got == ID => body,
+        let decode_body = |response: &Response| {
+            let datagram = encode_response(&ID, response);
+            match decode_datagram(&datagram) {
+                Ok(Datagram::Response { id: got, body }) if got == ID => body.to_vec(),
                 other => panic!("not a response: {other:?}"),
-            };
+            }
+        };
         assert_eq!(ping_answer(&decode_body(&Response::Ping(id))), Ok(id));
         assert_eq!(store_answer(&decode_body(&Response::Stored(true))), Ok(true));
         let addr: SocketAddr = "10.1.2.3:65535".parse().unwrap();
@@ -1125,24 +1209,110 @@ mod tests {
 
     #[test]
     fn answers_with_wrong_shapes_are_refused() {
-        assert!(ping_answer(&Msgpack::from(3)).is_err());
-        assert!(
-            find_node_answer(&Msgpack::Array(vec![Msgpack::Array(vec![Msgpack::Nil])])).is_err()
-        );
-        let bad_port = Msgpack::Array(vec![Msgpack::Array(vec![
-            Msgpack::Binary(vec![0; 20]),
-            Msgpack::from("127.0.0.1"),
-            Msgpack::from(70000),
-        ])]);
+        let body = |value: Msgpack| encode_msgpack(&value);
+        assert!(ping_answer(&body(Msgpack::from(3))).is_err());
         assert_eq!(
-            find_node_answer(&bad_port).unwrap_err().to_string(),
-            "find_node answer [0] port: expected a port number, got 70000"
+            find_node_answer(&body(Msgpack::Array(vec![Msgpack::Array(vec![Msgpack::Nil])])))
+                .unwrap_err()
+                .to_string(),
+            "find_node answer [0]: expected 3 elements, got 1"
         );
-        assert!(
-            find_value_answer(&Msgpack::Map(vec![(Msgpack::from("other"), Msgpack::Nil)])).is_err()
+        assert_eq!(
+            find_node_answer(&body(Msgpack::from("x"))).unwrap_err().to_string(),
+            "find_node answer: expected array, got str"
         );
-        assert!(
-            find_value_answer(&Msgpack::Map(vec![(Msgpack::from("value"), Msgpack::Nil)])).is_err()
+        let contact = |id: Msgpack, ip: Msgpack, port: Msgpack| {
+            body(Msgpack::Array(vec![Msgpack::Array(vec![id, ip, port])]))
+        };
+        let id = || Msgpack::Binary(vec![0; 20]);
+        let ip = || Msgpack::from("127.0.0.1");
+        for (answer, error) in [
+            (
+                contact(id(), ip(), Msgpack::from(70000)),
+                "find_node answer [0] port: expected a port number, got 70000",
+            ),
+            (
+                contact(id(), ip(), Msgpack::from(-1)),
+                "find_node answer [0] port: expected a port number, got -1",
+            ),
+            (contact(id(), ip(), Msgpack::Nil), "find_node answer [0] port: expected int, got nil"),
+            (
+                contact(Msgpack::Binary(vec![0; 19]), ip(), Msgpack::from(1)),
+                "find_node answer [0] id: expected 20 bytes, got 19",
+            ),
+            (
+                contact(Msgpack::from("id"), ip(), Msgpack::from(1)),
+                "find_node answer [0] id: expected bin, got str",
+            ),
+            (
+                contact(id(), Msgpack::from("localhost"), Msgpack::from(1)),
+                "find_node answer [0] ip: invalid IP address syntax",
+            ),
+        ] {
+            assert_eq!(find_node_answer(&answer).unwrap_err().to_string(), error);
+        }
+        let mut trailing = contact(id(), ip(), Msgpack::from(1));
+        assert!(find_node_answer(&trailing).is_ok());
+        trailing.push(0xc0);
+        assert_eq!(
+            find_node_answer(&trailing).unwrap_err().to_string(),
+            format!("msgpack at byte {}: 1 trailing bytes after the body", trailing.len() - 1)
         );
+        assert!(find_node_answer(&trailing[..trailing.len() - 3]).is_err());
+        assert!(find_value_answer(&body(Msgpack::Map(vec![(
+            Msgpack::from("other"),
+            Msgpack::Nil
+        )])))
+        .is_err());
+        assert!(find_value_answer(&body(Msgpack::Map(vec![(
+            Msgpack::from("value"),
+            Msgpack::Nil
+        )])))
+        .is_err());
+        assert_eq!(
+            stun_answer(&body(Msgpack::Array(vec![Msgpack::from("10.0.0.1")])))
+                .unwrap_err()
+                .to_string(),
+            "stun answer: expected 2 elements, got 1"
+        );
+    }
+
+    #[test]
+    fn contacts_read_straight_from_bytes_match_the_msgpack_tree() {
+        // Every integer form a port may take, and both address families.
+        let forms = [
+            Msgpack::from(80u8),
+            Msgpack::from(5678u16),
+            Msgpack::Integer(rmpv::Integer::from(5678i64)),
+        ];
+        for port in forms {
+            let answer = Msgpack::Array(vec![
+                Msgpack::Array(vec![
+                    Msgpack::Binary(vec![7; 20]),
+                    Msgpack::from("10.0.0.1"),
+                    port.clone(),
+                ]),
+                Msgpack::Array(vec![
+                    Msgpack::Binary(vec![8; 20]),
+                    Msgpack::from("::1"),
+                    port.clone(),
+                ]),
+            ]);
+            let bytes = encode_msgpack(&answer);
+            let port = u16::try_from(port.as_u64().unwrap()).unwrap();
+            assert_eq!(
+                find_node_answer(&bytes),
+                Ok(vec![
+                    Contact {
+                        id: NodeId([7; 20]),
+                        addr: SocketAddr::new([10, 0, 0, 1].into(), port)
+                    },
+                    Contact {
+                        id: NodeId([8; 20]),
+                        addr: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)
+                    },
+                ])
+            );
+        }
     }
 }

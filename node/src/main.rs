@@ -3,8 +3,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use kadscale_node::cli::{run, Cli};
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    kadscale_node::cli::run(kadscale_node::cli::Cli::parse()).await
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.runtime() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => {
+            eprintln!("dht-node: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

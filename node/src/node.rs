@@ -16,8 +16,8 @@ use rmpv::Value as Msgpack;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
-    encode_request, find_node_answer, find_value_answer, ping_answer, store_answer, stun_answer,
-    Contact, DecodeError, FindValueAnswer, Request, Response, Value, MAX_REQUEST_BODY,
+    decode_msgpack, encode_request, find_node_answer, find_value_answer, ping_answer, store_answer,
+    stun_answer, Contact, DecodeError, FindValueAnswer, Request, Response, Value, MAX_REQUEST_BODY,
     MESSAGE_ID_LEN,
 };
 use crate::config::{ConfigError, NodeConfig};
@@ -288,15 +288,13 @@ impl Node {
     /// Pings `addr`; the answer is the peer's id. Leaves the routing table alone, as Python's
     /// bootstrap ping does (the peer enters it when it answers a lookup).
     pub async fn ping(&self, addr: SocketAddr, timeout: Duration) -> Result<NodeId, RpcError> {
-        let body =
-            self.inner.transport.call(addr, &Request::Ping { sender: self.id() }, timeout).await?;
-        ping_answer(&body).map_err(|source| RpcError::BadAnswer { peer: addr, source })
+        let ping = Request::Ping { sender: self.id() };
+        self.inner.transport.call(addr, &ping, timeout, ping_answer).await
     }
 
     /// Asks `addr` which address this node's datagrams come from.
     pub async fn stun(&self, addr: SocketAddr, timeout: Duration) -> Result<SocketAddr, RpcError> {
-        let body = self.inner.transport.call(addr, &Request::Stun, timeout).await?;
-        stun_answer(&body).map_err(|source| RpcError::BadAnswer { peer: addr, source })
+        self.inner.transport.call(addr, &Request::Stun, timeout, stun_answer).await
     }
 
     /// Calls a kadscale-only procedure. Peers without it (Python nodes) never answer, which
@@ -309,7 +307,7 @@ impl Node {
         timeout: Duration,
     ) -> Result<Msgpack, RpcError> {
         let request = Request::Extension { name: name.to_owned(), args };
-        self.inner.transport.call(addr, &request, timeout).await
+        self.inner.transport.call(addr, &request, timeout, decode_msgpack).await
     }
 
     /// Calls a known contact; an answer welcomes it, a failure evicts it from the routing
@@ -318,15 +316,10 @@ impl Node {
         &self,
         contact: Contact,
         request: Request,
-        read: fn(&Msgpack) -> Result<T, DecodeError>,
+        read: fn(&[u8]) -> Result<T, DecodeError>,
     ) -> Result<T, RpcError> {
         let timeout = self.inner.config.rpc_timeout;
-        let result = match self.inner.transport.call(contact.addr, &request, timeout).await {
-            Ok(body) => {
-                read(&body).map_err(|source| RpcError::BadAnswer { peer: contact.addr, source })
-            }
-            Err(error) => Err(error),
-        };
+        let result = self.inner.transport.call(contact.addr, &request, timeout, read).await;
         match &result {
             Ok(_) => self.welcome_if_new(contact, Address::Verified),
             // Local conditions say nothing about the peer.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::codec::Contact;
-use crate::id::{Distance, NodeId, ID_LEN};
+use crate::id::{NodeId, ID_LEN};
 
 /// Python keeps up to `5 * k` replacement contacts per bucket.
 pub const REPLACEMENT_FACTOR: usize = 5;
@@ -33,16 +33,24 @@ pub(crate) fn source_of(addr: &SocketAddr) -> SocketAddr {
     }
 }
 
-/// A [`Distance`] as big-endian integers (first 16 bytes, last 4), ordered the same way.
+/// 20 id or distance bytes as big-endian integers (first 16 bytes, last 4), ordered as the
+/// bytes are: XOR distances come from two integer XORs and compare in two integer compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct DistanceKey(u128, u32);
 
 impl DistanceKey {
-    fn of(distance: &Distance) -> DistanceKey {
-        let (high, low) = distance.0.split_at(16);
+    const ZERO: DistanceKey = DistanceKey(0, 0);
+
+    fn of(bytes: &[u8; ID_LEN]) -> DistanceKey {
+        let (high, low) = bytes.split_at(16);
         let high: [u8; 16] = high.try_into().expect("split at 16 of 20 bytes");
         let low: [u8; 4] = low.try_into().expect("split at 16 of 20 bytes");
         DistanceKey(u128::from_be_bytes(high), u32::from_be_bytes(low))
+    }
+
+    /// The key of the distance `self ^ other`, both keys of ids.
+    fn xor(self, other: DistanceKey) -> DistanceKey {
+        DistanceKey(self.0 ^ other.0, self.1 ^ other.1)
     }
 }
 
@@ -104,16 +112,14 @@ impl Bucket {
         self.low <= *id && *id <= self.high
     }
 
-    /// The smallest distance from `target` to any id in this bucket's range. Ranges are
-    /// aligned blocks (`high = low | (2^m - 1)`), so it is `(target ^ low)` with the m free
-    /// bits cleared.
-    fn nearest_distance(&self, target: &NodeId) -> Distance {
-        let mut out = [0u8; ID_LEN];
-        for (i, byte) in out.iter_mut().enumerate() {
-            let free_bits = self.low.0[i] ^ self.high.0[i];
-            *byte = (target.0[i] ^ self.low.0[i]) & !free_bits;
-        }
-        Distance(out)
+    /// The smallest distance from `target` (an id's key) to any id in this bucket's range.
+    /// Ranges are aligned blocks (`high = low | (2^m - 1)`), so it is `(target ^ low)` with
+    /// the m free bits cleared.
+    fn nearest_distance(&self, target: DistanceKey) -> DistanceKey {
+        let (low, high) = (DistanceKey::of(&self.low.0), DistanceKey::of(&self.high.0));
+        let free_bits = low.xor(high);
+        let distance = target.xor(low);
+        DistanceKey(distance.0 & !free_bits.0, distance.1 & !free_bits.1)
     }
 
     /// Python's `KBucket.add_node`, with at most `max_per_ip` contacts of one IP address.
@@ -321,28 +327,29 @@ impl RoutingTable {
         // blocks to aligned blocks: all of one bucket's contacts are closer to the target than
         // all of another's. So buckets are visited closest block first, and the visit stops
         // once `count` contacts are in hand; of the last bucket only the nearest are selected.
-        // Distances are compared as `DistanceKey`s (two integer compares), not 20-byte arrays.
+        // Distances are `DistanceKey`s (two integer compares), not 20-byte arrays, and what is
+        // sorted is a key and a reference, not the contacts themselves.
+        let target = DistanceKey::of(&target.0);
         let mut order: Vec<(DistanceKey, usize)> = self
             .buckets
             .iter()
             .enumerate()
             .filter(|(_, bucket)| !bucket.contacts.is_empty())
-            .map(|(index, bucket)| (DistanceKey::of(&bucket.nearest_distance(target)), index))
+            .map(|(index, bucket)| (bucket.nearest_distance(target), index))
             .collect();
         order.sort_unstable_by_key(|(key, _)| *key);
-        let mut found: Vec<(DistanceKey, Contact)> = Vec::with_capacity(count + self.limits.k);
+        let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(count + self.limits.k);
         for (_, index) in order {
             if found.len() >= count {
                 break;
             }
             let start = found.len();
-            found.extend(
-                self.buckets[index]
-                    .contacts
-                    .iter()
-                    .filter(|contact| contact.id != *target && Some(contact.addr) != exclude)
-                    .map(|contact| (DistanceKey::of(&contact.id.distance(target)), *contact)),
-            );
+            found.extend(self.buckets[index].contacts.iter().filter_map(|contact| {
+                let distance = target.xor(DistanceKey::of(&contact.id.0));
+                // A zero distance is the target itself.
+                (distance != DistanceKey::ZERO && Some(contact.addr) != exclude)
+                    .then_some((distance, contact))
+            }));
             let wanted = count - start;
             let visited = &mut found[start..];
             if visited.len() > wanted {
@@ -351,7 +358,7 @@ impl RoutingTable {
             }
         }
         found.sort_unstable_by_key(|(key, _)| *key);
-        found.into_iter().map(|(_, contact)| contact).collect()
+        found.into_iter().map(|(_, contact)| *contact).collect()
     }
 
     /// Marks the bucket holding `target` as used now, as a lookup near it does in Python.

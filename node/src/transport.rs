@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rmpv::Value as Msgpack;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +75,8 @@ pub trait RequestHandler: Send + Sync {
 
 struct PendingCall {
     peer: SocketAddr,
-    reply: oneshot::Sender<Msgpack>,
+    /// The answer's msgpack body, read by the caller's reader.
+    reply: oneshot::Sender<Vec<u8>>,
 }
 
 /// One node's UDP endpoint.
@@ -138,16 +138,25 @@ impl Transport {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends `request` to `peer` and waits up to `timeout` for its answer's msgpack body.
-    pub async fn call(
+    /// Sends `request` to `peer`, waits up to `timeout` for its answer and reads its msgpack
+    /// body with `read` (`codec::find_node_answer`, ...). An answer that `read` refuses is
+    /// counted as malformed.
+    pub async fn call<T>(
         &self,
         peer: SocketAddr,
         request: &Request,
         timeout: Duration,
-    ) -> Result<Msgpack, RpcError> {
+        read: fn(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<T, RpcError> {
         let method = request.method();
         let started = Instant::now();
-        let result = self.call_unrecorded(canonical(peer), request, timeout).await;
+        let peer = canonical(peer);
+        let result = self.call_unrecorded(peer, request, timeout).await.and_then(|body| {
+            read(&body).map_err(|source| {
+                self.metrics.dropped(DropReason::Malformed);
+                RpcError::BadAnswer { peer, source }
+            })
+        });
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(RpcError::Timeout { .. }) => Outcome::Timeout,
@@ -163,7 +172,7 @@ impl Transport {
         peer: SocketAddr,
         request: &Request,
         timeout: Duration,
-    ) -> Result<Msgpack, RpcError> {
+    ) -> Result<Vec<u8>, RpcError> {
         let id: MessageId = rand::random();
         let datagram = encode_request(&id, request);
         let body_size = datagram.len() - 1 - MESSAGE_ID_LEN;
@@ -263,7 +272,7 @@ impl Transport {
         }
     }
 
-    fn accept_response(&self, id: MessageId, body: Msgpack, from: SocketAddr) {
+    fn accept_response(&self, id: MessageId, body: &[u8], from: SocketAddr) {
         let mut pending = self.pending();
         // Only the address the call went to may answer it: a third party that guesses or
         // sniffs a message id cannot inject answers.
@@ -271,7 +280,7 @@ impl Transport {
             Some(call) if call.peer == from => {
                 if let Some(call) = pending.remove(&id) {
                     // The caller may have given up in the meantime; nothing to do then.
-                    let _ = call.reply.send(body);
+                    let _ = call.reply.send(body.to_vec());
                 }
             }
             _ => {
@@ -289,6 +298,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::codec::ping_answer;
 
     fn receive_buffer(socket: &UdpSocket) -> libc::c_int {
         let mut size: libc::c_int = 0;
@@ -338,7 +348,7 @@ mod tests {
     }
 
     /// A ping to a node that drops `loss` of what it receives: answered or timed out.
-    async fn ping_through_loss(loss: f64) -> Result<Msgpack, RpcError> {
+    async fn ping_through_loss(loss: f64) -> Result<crate::id::NodeId, RpcError> {
         let any = "127.0.0.1:0".parse().unwrap();
         let lossy = NodeConfig { datagram_loss: loss, ..NodeConfig::default() };
         let server = Arc::new(Transport::bind(any, &lossy, Metrics::unregistered()).await.unwrap());
@@ -354,8 +364,9 @@ mod tests {
             })
             .collect();
         let ping = Request::Ping { sender: crate::id::NodeId([1; 20]) };
-        let answer =
-            client.call(server.local_addr().unwrap(), &ping, Duration::from_millis(300)).await;
+        let answer = client
+            .call(server.local_addr().unwrap(), &ping, Duration::from_millis(300), ping_answer)
+            .await;
         shutdown.cancel();
         for task in serving {
             task.await.unwrap();

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kadscale_node::codec::{
-    encode_request, store_answer, Request, Response, Value, MESSAGE_ID_LEN,
+    decode_msgpack, encode_request, ping_answer, store_answer, Request, Response, Value,
+    MESSAGE_ID_LEN,
 };
 use kadscale_node::config::NodeConfig;
 use kadscale_node::id::NodeId;
@@ -224,7 +225,7 @@ async fn honest_peer(target: SocketAddr, until: Instant) -> Honest {
         let transport = transport.clone();
         calls.spawn(async move {
             let started = Instant::now();
-            match transport.call(target, &request, HONEST_TIMEOUT).await {
+            match transport.call(target, &request, HONEST_TIMEOUT, decode_msgpack).await {
                 Ok(_) => Some(started.elapsed()),
                 Err(RpcError::Timeout { .. }) => None,
                 Err(error) => panic!("the honest peer's call failed locally: {error}"),
@@ -364,10 +365,7 @@ async fn stores_over_the_wire_keep_to_the_value_size_and_count_limits() {
         let request = Request::Store { sender, key, value: Value::Bytes(vec![1; size]) };
         let client = client.clone();
         let target = node.local_addr();
-        async move {
-            let body = client.call(target, &request, Duration::from_secs(2)).await.unwrap();
-            store_answer(&body).unwrap()
-        }
+        async move { client.call(target, &request, Duration::from_secs(2), store_answer).await.unwrap() }
     };
     assert!(!store(NodeId::random(), 65).await, "a value over max_value_size was stored");
     assert_eq!(node.stored_len(), 0);
@@ -388,7 +386,7 @@ async fn made_up_ids_from_one_address_get_its_share_of_the_routing_table() {
     let sybil = calling_transport(&NodeConfig::default(), &shutdown).await;
     for _ in 0..50 {
         let ping = Request::Ping { sender: NodeId::random() };
-        sybil.call(node.local_addr(), &ping, Duration::from_secs(2)).await.unwrap();
+        sybil.call(node.local_addr(), &ping, Duration::from_secs(2), ping_answer).await.unwrap();
     }
     let honest = calling_transport(&NodeConfig::default(), &shutdown).await;
     honest
@@ -396,6 +394,7 @@ async fn made_up_ids_from_one_address_get_its_share_of_the_routing_table() {
             node.local_addr(),
             &Request::Ping { sender: NodeId::random() },
             Duration::from_secs(2),
+            ping_answer,
         )
         .await
         .unwrap();

@@ -334,7 +334,7 @@ async fn call(
     target: SocketAddr,
     request: &Request,
     timeout: Duration,
-) -> Option<rmpv::Value> {
+) -> Option<Vec<u8>> {
     let message: MessageId = rand::random();
     socket.send_to(&encode_request(&message, request), target).await.ok()?;
     tokio::time::timeout(timeout, answer_pings(socket, id, Some((message, target)))).await.ok()?
@@ -346,7 +346,7 @@ async fn answer_pings(
     socket: &UdpSocket,
     id: NodeId,
     awaited: Option<(MessageId, SocketAddr)>,
-) -> Option<rmpv::Value> {
+) -> Option<Vec<u8>> {
     let mut buffer = [0u8; 4096];
     loop {
         let (len, from) = socket.recv_from(&mut buffer).await.ok()?;
@@ -356,7 +356,7 @@ async fn answer_pings(
                 let _ = socket.send_to(&answer, from).await;
             }
             Ok(Datagram::Response { id: message, body }) if Some((message, from)) == awaited => {
-                return Some(body);
+                return Some(body.to_vec());
             }
             _ => {}
         }

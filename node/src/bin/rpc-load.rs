@@ -229,7 +229,7 @@ fn wait_until_answering(
         let id = source.send_request(target, &Request::Ping { sender: source.id }, &mut rng);
         if let Ok((len, from)) = source.socket.recv_from(&mut buffer) {
             if let Ok(Datagram::Response { id: answered, body }) = decode_datagram(&buffer[..len]) {
-                if answered == id && from == target && ping_answer(&body).is_ok() {
+                if answered == id && from == target && ping_answer(body).is_ok() {
                     return Ok(started.elapsed());
                 }
             }
@@ -449,7 +449,7 @@ fn classify(
                 counts.unmatched += 1;
                 return None;
             }
-            match find_node_answer(&body) {
+            match find_node_answer(body) {
                 Ok(contacts) if !contacts.is_empty() => {
                     counts.answers += 1;
                     if sample_contacts && counts.answers <= CONTACT_SAMPLE_ANSWERS {
