@@ -200,8 +200,7 @@ pub fn decode_datagram(datagram: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     id.copy_from_slice(&datagram[1..1 + MESSAGE_ID_LEN]);
     let body_start = 1 + MESSAGE_ID_LEN;
     if kind == REQUEST {
-        let body = decode_msgpack_at(datagram, body_start)?;
-        Ok(Datagram::Request { id, request: request_from_body(body)? })
+        Ok(Datagram::Request { id, request: request_at(datagram, body_start)? })
     } else {
         Ok(Datagram::Response { id, body: &datagram[body_start..] })
     }
@@ -220,95 +219,71 @@ fn decode_msgpack_at(bytes: &[u8], start: usize) -> Result<Msgpack, DecodeError>
     Ok(value)
 }
 
-fn request_from_body(body: Msgpack) -> Result<Request, DecodeError> {
-    let Msgpack::Array(parts) = body else {
+/// Reads `[name, args]` from the body at `start`, each argument of a known procedure straight
+/// into its field: one request per datagram, so no msgpack tree is built for them.
+fn request_at(bytes: &[u8], start: usize) -> Result<Request, DecodeError> {
+    let mut reader = Reader { bytes, pos: start };
+    let marker = reader.byte()?;
+    if marker_kind(marker) != "array" {
         return Err(DecodeError::field(
             "request",
-            format!("expected [name, args], got {}", kind(&body)),
+            format!("expected [name, args], got {}", marker_kind(marker)),
         ));
-    };
-    let [name, args] = <[Msgpack; 2]>::try_from(parts).map_err(|parts| {
-        DecodeError::field(
+    }
+    let parts = reader.array_len_after(marker)?;
+    if parts != 2 {
+        return Err(DecodeError::field(
             "request",
-            format!("expected [name, args], got {} elements", parts.len()),
-        )
-    })?;
-    let name = match name {
-        Msgpack::String(text) => {
-            text.into_str().ok_or_else(|| DecodeError::field("request name", "not valid UTF-8"))?
+            format!("expected [name, args], got {parts} elements"),
+        ));
+    }
+    let at = reader.pos;
+    let marker = reader.marker_of("str", &|| "request name".to_owned())?;
+    let name = reader.str_after(marker, at)?;
+    let args = reader.array_len(&|| "request args".to_owned())?;
+    let arity = |expected: usize| {
+        if args == expected {
+            return Ok(());
         }
-        other => {
-            return Err(DecodeError::field(
-                "request name",
-                format!("expected str, got {}", kind(&other)),
-            ))
-        }
+        Err(DecodeError::field(
+            format!("{name} args"),
+            format!("expected {expected} arguments, got {args}"),
+        ))
     };
-    let args = match args {
-        Msgpack::Array(args) => args,
-        other => {
-            return Err(DecodeError::field(
-                "request args",
-                format!("expected array, got {}", kind(&other)),
-            ))
-        }
-    };
-    let method = name.as_str();
-    Ok(match method {
+    let sender = || format!("{name} node_id");
+    let key = || format!("{name} key");
+    let request = match name {
         "stun" => {
-            let [] = fixed_args::<0>(method, args)?;
+            arity(0)?;
             Request::Stun
         }
         "ping" => {
-            let [sender] = fixed_args::<1>(method, args)?;
-            Request::Ping { sender: id_arg(method, "node_id", &sender)? }
+            arity(1)?;
+            Request::Ping { sender: reader.id(&sender)? }
         }
         "store" => {
-            let [sender, key, value] = fixed_args::<3>(method, args)?;
-            Request::Store {
-                sender: id_arg(method, "node_id", &sender)?,
-                key: id_arg(method, "key", &key)?,
-                value: value_from_msgpack(&value).map_err(|reason| {
-                    DecodeError::field(format!("{method} args[2] (value)"), reason)
-                })?,
-            }
+            arity(3)?;
+            let (sender, key) = (reader.id(&sender)?, reader.id(&key)?);
+            let value = value_from_msgpack(&reader.value(2)?)
+                .map_err(|reason| DecodeError::field(format!("{name} args[2] (value)"), reason))?;
+            Request::Store { sender, key, value }
         }
-        "find_node" | "find_value" => {
-            let [sender, key] = fixed_args::<2>(method, args)?;
-            let sender = id_arg(method, "node_id", &sender)?;
-            let key = id_arg(method, "key", &key)?;
-            if method == "find_node" {
-                Request::FindNode { sender, key }
-            } else {
-                Request::FindValue { sender, key }
-            }
+        "find_node" => {
+            arity(2)?;
+            Request::FindNode { sender: reader.id(&sender)?, key: reader.id(&key)? }
         }
-        _ => Request::Extension { name, args },
-    })
-}
-
-fn fixed_args<const N: usize>(
-    method: &str,
-    args: Vec<Msgpack>,
-) -> Result<[Msgpack; N], DecodeError> {
-    <[Msgpack; N]>::try_from(args).map_err(|args| {
-        DecodeError::field(
-            format!("{method} args"),
-            format!("expected {N} arguments, got {}", args.len()),
-        )
-    })
-}
-
-fn id_arg(method: &str, name: &str, value: &Msgpack) -> Result<NodeId, DecodeError> {
-    id_from_msgpack(value).map_err(|reason| DecodeError::field(format!("{method} {name}"), reason))
-}
-
-fn id_from_msgpack(value: &Msgpack) -> Result<NodeId, String> {
-    match value {
-        Msgpack::Binary(bytes) => NodeId::from_slice(bytes)
-            .ok_or_else(|| format!("expected {ID_LEN} bytes, got {}", bytes.len())),
-        other => Err(format!("expected bin of {ID_LEN} bytes, got {}", kind(other))),
-    }
+        "find_value" => {
+            arity(2)?;
+            Request::FindValue { sender: reader.id(&sender)?, key: reader.id(&key)? }
+        }
+        _ => {
+            // Nested in the body and the args array: depth 2.
+            let args = (0..args).map(|_| reader.value(2)).collect::<Result<_, _>>()?;
+            Request::Extension { name: name.to_owned(), args }
+        }
+    };
+    reader.finish()?;
+    Ok(request)
 }
 
 /// Converts a msgpack value to a storable [`Value`]; anything else is refused with a reason.
@@ -333,8 +308,10 @@ pub fn value_from_msgpack(value: &Msgpack) -> Result<Value, String> {
 
 /// Reads a `ping` answer: the peer's id.
 pub fn ping_answer(body: &[u8]) -> Result<NodeId, DecodeError> {
-    let body = decode_msgpack(body)?;
-    id_from_msgpack(&body).map_err(|reason| DecodeError::field("ping answer", reason))
+    let mut reader = Reader { bytes: body, pos: 0 };
+    let id = reader.id(&|| "ping answer".to_owned())?;
+    reader.finish()?;
+    Ok(id)
 }
 
 /// Reads a `store` answer: Python returns `true`.
@@ -371,13 +348,7 @@ pub fn find_node_answer(body: &[u8]) -> Result<Vec<Contact>, DecodeError> {
         if parts != 3 {
             return Err(DecodeError::field(field(), format!("expected 3 elements, got {parts}")));
         }
-        let id = reader.bin(&|| format!("{} id", field()))?;
-        let id = NodeId::from_slice(id).ok_or_else(|| {
-            DecodeError::field(
-                format!("{} id", field()),
-                format!("expected {ID_LEN} bytes, got {}", id.len()),
-            )
-        })?;
+        let id = reader.id(&|| format!("{} id", field()))?;
         contacts.push(Contact { id, addr: reader.address(&field)? });
     }
     reader.finish()?;
@@ -533,10 +504,19 @@ impl<'a> Reader<'a> {
         self.array_len_after(marker)
     }
 
-    /// The bytes of the bin `field`.
-    fn bin(&mut self, field: FieldName) -> Result<&'a [u8], DecodeError> {
-        let marker = self.marker_of("bin", field)?;
-        self.bin_after(marker)
+    /// The node id `field`: a bin of exactly [`ID_LEN`] bytes.
+    fn id(&mut self, field: FieldName) -> Result<NodeId, DecodeError> {
+        let marker = self.byte()?;
+        if marker_kind(marker) != "bin" {
+            return Err(DecodeError::field(
+                field(),
+                format!("expected bin of {ID_LEN} bytes, got {}", marker_kind(marker)),
+            ));
+        }
+        let bytes = self.bin_after(marker)?;
+        NodeId::from_slice(bytes).ok_or_else(|| {
+            DecodeError::field(field(), format!("expected {ID_LEN} bytes, got {}", bytes.len()))
+        })
     }
 
     /// A contact's or stun answer's address as Python writes it: the IP as its text, then the
@@ -708,8 +688,10 @@ const MAX_CONTACT_LEN: usize = 1 + 22 + 47 + 3;
 fn write_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
     write_array_len(out, contacts.len());
     for contact in contacts {
-        write_array_len(out, 3);
-        write_bin(out, contact.id.as_bytes());
+        // fixarray of 3, then the id's bin8 header: what write_array_len(3) and write_bin of 20
+        // bytes write, as constants (a find_node answer writes 20 of them).
+        out.extend_from_slice(&[0x93, 0xc4, ID_LEN as u8]);
+        out.extend_from_slice(contact.id.as_bytes());
         write_ip(out, contact.addr.ip());
         write_int(out, i128::from(contact.addr.port()));
     }
@@ -1164,9 +1146,17 @@ mod tests {
     fn errors_name_the_offset_or_the_field() {
         assert_eq!(decode_datagram(&[0; 21]), Err(DecodeError::TooShort(21)));
         assert_eq!(decode_datagram(&[7; 30]), Err(DecodeError::UnknownType(7)));
-        // A bin32 claiming 4 GiB in a 26-byte datagram: refused before allocating.
+        // A bin32 claiming 4 GiB in 5 bytes, and an array32 claiming 4 G elements in a 26-byte
+        // datagram: refused before allocating.
+        assert_eq!(
+            decode_msgpack(&[0xc6, 0xff, 0xff, 0xff, 0xff]),
+            Err(DecodeError::Msgpack {
+                offset: 1,
+                reason: "length 4294967295 exceeds the 0 bytes left".into()
+            })
+        );
         let mut huge = frame(REQUEST, &ID);
-        huge.extend_from_slice(&[0xc6, 0xff, 0xff, 0xff, 0xff]);
+        huge.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
         let error = decode_datagram(&huge).unwrap_err();
         assert_eq!(
             error,
@@ -1201,7 +1191,9 @@ mod tests {
         let mut trailing = encode_request(&ID, &Request::Stun);
         trailing.push(0xc0);
         assert!(matches!(decode_datagram(&trailing), Err(DecodeError::Msgpack { .. })));
+        // An extension whose one argument nests 100 arrays deep.
         let mut deep = frame(REQUEST, &ID);
+        deep.extend_from_slice(&[0x92, 0xa1, b'x', 0x91]);
         deep.extend(std::iter::repeat_n(0x91, 100));
         deep.push(0xc0);
         assert!(decode_datagram(&deep).unwrap_err().to_string().contains("nesting deeper than 32"));
@@ -1242,7 +1234,7 @@ mod tests {
             ),
             (
                 contact(Msgpack::from("id"), ip(), Msgpack::from(1)),
-                "find_node answer [0] id: expected bin, got str",
+                "find_node answer [0] id: expected bin of 20 bytes, got str",
             ),
             (
                 contact(id(), Msgpack::from("localhost"), Msgpack::from(1)),
