@@ -327,6 +327,7 @@ impl RoutingTable {
         // blocks to aligned blocks: all of one bucket's contacts are closer to the target than
         // all of another's. So buckets are visited closest block first, and the visit stops
         // once `count` contacts are in hand; of the last bucket only the nearest are selected.
+        // Each bucket's share is sorted on its own, which sorts the whole.
         // Distances are `DistanceKey`s (two integer compares), not 20-byte arrays, and what is
         // sorted is a key and a reference, not the contacts themselves.
         let target = DistanceKey::of(&target.0);
@@ -337,14 +338,17 @@ impl RoutingTable {
             .filter(|(_, bucket)| !bucket.contacts.is_empty())
             .map(|(index, bucket)| (bucket.nearest_distance(target), index))
             .collect();
-        order.sort_unstable_by_key(|(key, _)| *key);
         let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(count + self.limits.k);
-        for (_, index) in order {
+        for next in 0..order.len() {
             if found.len() >= count {
                 break;
             }
+            // A selection sort that stops early: two or three buckets usually hold the
+            // `count` nearest, so sorting all of them would be wasted.
+            let nearest = (next..order.len()).min_by_key(|&i| order[i].0).unwrap_or(next);
+            order.swap(next, nearest);
             let start = found.len();
-            found.extend(self.buckets[index].contacts.iter().filter_map(|contact| {
+            found.extend(self.buckets[order[next].1].contacts.iter().filter_map(|contact| {
                 let distance = target.xor(DistanceKey::of(&contact.id.0));
                 // A zero distance is the target itself.
                 (distance != DistanceKey::ZERO && Some(contact.addr) != exclude)
@@ -354,10 +358,10 @@ impl RoutingTable {
             let visited = &mut found[start..];
             if visited.len() > wanted {
                 visited.select_nth_unstable_by_key(wanted, |(key, _)| *key);
-                found.truncate(count);
             }
+            found.truncate(count);
+            found[start..].sort_unstable_by_key(|(key, _)| *key);
         }
-        found.sort_unstable_by_key(|(key, _)| *key);
         found.into_iter().map(|(_, contact)| *contact).collect()
     }
 

@@ -78,10 +78,6 @@ fn python_datagrams_decode_and_re_encode_byte_for_byte() {
         let method = method_of_call
             .get(&id)
             .unwrap_or_else(|| panic!("{name}: no captured request with this message id"));
-        assert_eq!(
-            &typed_response(method, &id, body),
-            bytes,
-            "{name}: re-encoded {method} answer"
-        );
+        assert_eq!(&typed_response(method, &id, body), bytes, "{name}: re-encoded {method} answer");
     }
 }

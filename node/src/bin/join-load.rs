@@ -105,15 +105,18 @@ struct CapacityArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Workers(args) => tokio::runtime::Runtime::new()
-            .context("starting the runtime")
-            .and_then(|runtime| runtime.block_on(run_workers(args))),
-        Command::Capacity(args) => tokio::runtime::Builder::new_current_thread()
+    // One thread, as `dht-node worker` runs its node (see `Cli::runtime` there).
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the runtime")
-            .and_then(|runtime| runtime.block_on(run_capacity(args))),
+    };
+    let result = match cli.command {
+        Command::Workers(args) => runtime().and_then(|runtime| runtime.block_on(run_workers(args))),
+        Command::Capacity(args) => {
+            runtime().and_then(|runtime| runtime.block_on(run_capacity(args)))
+        }
         Command::Plan { workers } => print_plans(&workers),
     };
     match result {
