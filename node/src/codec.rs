@@ -7,7 +7,7 @@
 //! length against the bytes that are really there before allocating, limits nesting, and
 //! reports the byte offset or the field that was wrong.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rmpv::Value as Msgpack;
 
@@ -688,39 +688,62 @@ const MAX_CONTACT_LEN: usize = 1 + 22 + 47 + 3;
 fn write_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
     write_array_len(out, contacts.len());
     for contact in contacts {
-        // fixarray of 3, then the id's bin8 header: what write_array_len(3) and write_bin of 20
-        // bytes write, as constants (a find_node answer writes 20 of them).
-        out.extend_from_slice(&[0x93, 0xc4, ID_LEN as u8]);
-        out.extend_from_slice(contact.id.as_bytes());
-        write_ip(out, contact.addr.ip());
+        // A fixarray of 3, the id's bin8 header and the id, then the address's str, put
+        // together on the stack and appended at once: a find_node answer writes twenty, and
+        // writing them a field at a time was a tenth of the time spent serving one.
+        const TEXT: usize = 3 + ID_LEN + 1;
+        let mut head = [0u8; TEXT + MAX_IPV4_TEXT];
+        head[..3].copy_from_slice(&[0x93, 0xc4, ID_LEN as u8]);
+        head[3..3 + ID_LEN].copy_from_slice(contact.id.as_bytes());
+        match contact.addr.ip() {
+            IpAddr::V4(v4) => {
+                let len = ipv4_text(v4, &mut head[TEXT..]);
+                // A fixstr: at most 15 bytes.
+                head[TEXT - 1] = 0xa0 | len as u8;
+                out.extend_from_slice(&head[..TEXT + len]);
+            }
+            ip @ IpAddr::V6(_) => {
+                out.extend_from_slice(&head[..TEXT - 1]);
+                write_ip(out, ip);
+            }
+        }
         write_int(out, i128::from(contact.addr.port()));
     }
 }
 
-/// Writes an address as the str Python's `str(ip)` gives. IPv4 digits are written straight
-/// into the buffer: going through `core::fmt` cost a third of each find_node answer.
+/// Longest IPv4 text, "255.255.255.255".
+const MAX_IPV4_TEXT: usize = 15;
+
+/// Writes `ip` as the text `str(ip)` gives into `text` (at least [`MAX_IPV4_TEXT`] bytes);
+/// returns its length. Digits are written straight: going through `core::fmt` cost a third of
+/// each find_node answer.
+fn ipv4_text(ip: Ipv4Addr, text: &mut [u8]) -> usize {
+    let mut len = 0;
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    len
+}
+
+/// Writes an address as the str Python's `str(ip)` gives.
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            // At most "255.255.255.255": 15 bytes, a fixstr.
-            let mut text = [0u8; 15];
-            let mut len = 0;
-            for (index, octet) in v4.octets().into_iter().enumerate() {
-                if index > 0 {
-                    text[len] = b'.';
-                    len += 1;
-                }
-                if octet >= 100 {
-                    text[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    text[len] = b'0' + octet / 10 % 10;
-                    len += 1;
-                }
-                text[len] = b'0' + octet % 10;
-                len += 1;
-            }
+            let mut text = [0u8; MAX_IPV4_TEXT];
+            let len = ipv4_text(v4, &mut text);
             write_raw_str(out, &text[..len]);
         }
         IpAddr::V6(v6) => write_str(out, &v6.to_string()),

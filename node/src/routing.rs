@@ -328,9 +328,15 @@ impl RoutingTable {
         // all of another's. So buckets are visited closest block first, and the visit stops
         // once `count` contacts are in hand; of the last bucket only the nearest are selected.
         // Each bucket's share is sorted on its own, which sorts the whole.
-        // Distances are `DistanceKey`s (two integer compares), not 20-byte arrays, and what is
-        // sorted is a key and a reference, not the contacts themselves.
+        // Buckets are ordered by `DistanceKey`s (two integer compares), not 20-byte arrays.
+        // Contacts are ranked by the first 8 bytes of their distance, with the whole distance
+        // only to break ties: the 16-byte pairs that are selected and sorted (a key and a
+        // reference) made that a third cheaper than sorting 48-byte ones.
         let target = DistanceKey::of(&target.0);
+        let distance = |contact: &Contact| target.xor(DistanceKey::of(&contact.id.0));
+        let rank = |a: &(u64, &Contact), b: &(u64, &Contact)| {
+            a.0.cmp(&b.0).then_with(|| distance(a.1).cmp(&distance(b.1)))
+        };
         let mut order: Vec<(DistanceKey, usize)> = self
             .buckets
             .iter()
@@ -338,7 +344,7 @@ impl RoutingTable {
             .filter(|(_, bucket)| !bucket.contacts.is_empty())
             .map(|(index, bucket)| (bucket.nearest_distance(target), index))
             .collect();
-        let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(count + self.limits.k);
+        let mut found: Vec<(u64, &Contact)> = Vec::with_capacity(count + self.limits.k);
         for next in 0..order.len() {
             if found.len() >= count {
                 break;
@@ -349,18 +355,18 @@ impl RoutingTable {
             order.swap(next, nearest);
             let start = found.len();
             found.extend(self.buckets[order[next].1].contacts.iter().filter_map(|contact| {
-                let distance = target.xor(DistanceKey::of(&contact.id.0));
+                let distance = distance(contact);
                 // A zero distance is the target itself.
                 (distance != DistanceKey::ZERO && Some(contact.addr) != exclude)
-                    .then_some((distance, contact))
+                    .then_some(((distance.0 >> 64) as u64, contact))
             }));
             let wanted = count - start;
             let visited = &mut found[start..];
             if visited.len() > wanted {
-                visited.select_nth_unstable_by_key(wanted, |(key, _)| *key);
+                visited.select_nth_unstable_by(wanted, rank);
             }
             found.truncate(count);
-            found[start..].sort_unstable_by_key(|(key, _)| *key);
+            found[start..].sort_unstable_by(rank);
         }
         found.into_iter().map(|(_, contact)| *contact).collect()
     }
@@ -495,6 +501,27 @@ mod tests {
         assert_eq!(far.len(), table.bucket_count() - 1);
         assert!(far.iter().all(|(low, _)| *low != NodeId::ZERO), "{far:?}");
         assert!(far.contains(&(id_with_first_byte(0x80, 0), NodeId::MAX)), "{far:?}");
+    }
+
+    #[test]
+    fn contacts_alike_in_their_first_eight_bytes_are_ranked_by_the_rest() {
+        let own = NodeId([0xff; 20]);
+        let mut table = RoutingTable::new(own, 20);
+        // Ids equal but for their last byte: the 8-byte rank ties, the whole distance decides.
+        let ids: Vec<NodeId> = [9u8, 3, 7, 1, 5]
+            .into_iter()
+            .map(|last| {
+                let mut id = [0u8; 20];
+                id[19] = last;
+                NodeId(id)
+            })
+            .collect();
+        for (port, id) in ids.iter().enumerate() {
+            table.add(contact(*id, port as u16 + 1));
+        }
+        let target = NodeId([0; 20]);
+        let found: Vec<u8> = table.closest(&target, 3, None).iter().map(|c| c.id.0[19]).collect();
+        assert_eq!(found, [1, 3, 5]);
     }
 
     #[test]
