@@ -25,6 +25,9 @@ use crate::rate_limit::SourceLimits;
 /// Largest datagram read; UDP payloads cannot be larger.
 const RECEIVE_BUFFER: usize = 65536;
 
+/// Datagrams the receive loop takes from a busy socket before it lets other tasks run.
+const DATAGRAMS_PER_YIELD: u32 = 64;
+
 /// Socket receive buffer asked of the kernel: a burst of joins (hundreds of requests at once)
 /// overflows the usual default of about 200 KiB and drops datagrams. The kernel caps the
 /// request (Linux: net.core.rmem_max); whatever it grants is kept.
@@ -210,10 +213,28 @@ impl Transport {
         let mut buffer = vec![0u8; RECEIVE_BUFFER];
         let (requests, answer_bytes) = self.source_limits;
         let mut limits = SourceLimits::new(requests, answer_bytes, Instant::now());
+        let mut taken_without_yielding = 0;
         loop {
-            let received = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                received = self.socket.recv_from(&mut buffer) => received,
+            // The socket is read until it is empty before waiting on it (and on `shutdown`):
+            // under load most datagrams are then taken without a trip through the runtime.
+            // Every so often the loop yields anyway, so that a flood cannot starve the other
+            // tasks of the thread (the admin server's probes among them).
+            taken_without_yielding += 1;
+            if taken_without_yielding == DATAGRAMS_PER_YIELD {
+                taken_without_yielding = 0;
+                tokio::task::yield_now().await;
+            }
+            let received = match self.socket.try_recv_from(&mut buffer) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        ready = self.socket.readable() => match ready {
+                            Ok(()) => continue,
+                            Err(error) => Err(error),
+                        },
+                    }
+                }
+                received => received,
             };
             match received {
                 Ok(_) if self.datagram_loss > 0.0 && rand::random::<f64>() < self.datagram_loss => {
@@ -252,7 +273,7 @@ impl Transport {
                     served.inc();
                     let answer = encode_response(&id, &response);
                     limits.charge_answer(from, answer.len(), now);
-                    if let Err(error) = self.socket.send_to(&answer, from).await {
+                    if let Err(error) = self.send_answer(&answer, from).await {
                         tracing::debug!(%from, %error, "sending an answer failed");
                     }
                 }
@@ -269,6 +290,16 @@ impl Transport {
                 self.metrics.dropped(reason);
                 tracing::debug!(%from, %error, len = datagram.len(), "dropped a datagram");
             }
+        }
+    }
+
+    /// Sends at once when the socket has room, as it nearly always has; waits otherwise.
+    async fn send_answer(&self, answer: &[u8], to: SocketAddr) -> io::Result<usize> {
+        match self.socket.try_send_to(answer, to) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                self.socket.send_to(answer, to).await
+            }
+            sent => sent,
         }
     }
 
@@ -378,5 +409,65 @@ mod tests {
     async fn a_test_loss_of_one_drops_every_datagram_and_none_drops_nothing() {
         assert!(ping_through_loss(0.0).await.is_ok());
         assert!(matches!(ping_through_loss(1.0).await, Err(RpcError::Timeout { .. })));
+    }
+
+    /// Takes 100 µs per request: a flood keeps its socket from ever running dry.
+    struct SlowPong;
+
+    impl RequestHandler for SlowPong {
+        fn handle(&self, from: SocketAddr, request: Request) -> Option<Response> {
+            let until = Instant::now() + Duration::from_micros(100);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            Pong.handle(from, request)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flooded_receive_loop_still_lets_the_other_tasks_of_its_thread_run() {
+        let node = Arc::new(
+            Transport::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                &NodeConfig::default(),
+                Metrics::unregistered(),
+            )
+            .await
+            .unwrap(),
+        );
+        let target = node.local_addr().unwrap();
+        let flooding = Arc::new(AtomicBool::new(true));
+        let flooder = std::thread::spawn({
+            let flooding = flooding.clone();
+            move || {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let ping = encode_request(
+                    &[3; MESSAGE_ID_LEN],
+                    &Request::Ping { sender: crate::id::NodeId([1; 20]) },
+                );
+                while flooding.load(Ordering::Relaxed) {
+                    let _ = socket.send_to(&ping, target);
+                }
+            }
+        });
+        // The socket fills before the loop starts, so its first reads never find it empty.
+        std::thread::sleep(Duration::from_millis(50));
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn({
+            let (node, shutdown) = (node.clone(), shutdown.clone());
+            async move { node.serve(&SlowPong, shutdown).await }
+        });
+        let mut ticks = 0;
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            ticks += 1;
+        }
+        flooding.store(false, Ordering::Relaxed);
+        flooder.join().unwrap();
+        shutdown.cancel();
+        serving.await.unwrap();
+        // 100 at most; a loop that never yields leaves this task one or two.
+        assert!(ticks >= 20, "the other task ran {ticks} times in 500 ms");
     }
 }
