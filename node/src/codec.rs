@@ -611,7 +611,7 @@ impl<'a> Reader<'a> {
 
 /// Writes `request` as a datagram with message id `id`.
 pub fn encode_request(id: &MessageId, request: &Request) -> Vec<u8> {
-    let mut out = frame(REQUEST, id);
+    let mut out = frame(REQUEST, id, SMALL_BODY);
     write_array_len(&mut out, 2);
     write_str(&mut out, request.method());
     match request {
@@ -643,11 +643,12 @@ pub fn encode_request(id: &MessageId, request: &Request) -> Vec<u8> {
 
 /// Writes `response` as a datagram answering message `id`.
 pub fn encode_response(id: &MessageId, response: &Response) -> Vec<u8> {
-    let mut out = frame(RESPONSE, id);
-    if let Response::Nodes(contacts) = response {
-        // Sized once: an answer of k contacts would otherwise grow the buffer three times.
-        out.reserve(5 + contacts.len() * MAX_CONTACT_LEN);
-    }
+    // Sized once: an answer of k contacts would otherwise grow the buffer three times.
+    let body = match response {
+        Response::Nodes(contacts) => 5 + contacts.len() * MAX_CONTACT_LEN,
+        _ => SMALL_BODY,
+    };
+    let mut out = frame(RESPONSE, id, body);
     match response {
         Response::Stun(addr) => {
             write_array_len(&mut out, 2);
@@ -674,8 +675,13 @@ pub fn encode_msgpack(value: &Msgpack) -> Vec<u8> {
     out
 }
 
-fn frame(kind: u8, id: &MessageId) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
+/// Room for the bodies of most datagrams but find_node answers (requests, pings, stores of
+/// small values); larger ones grow the buffer.
+const SMALL_BODY: usize = 107;
+
+/// A datagram's type byte and message id, in a buffer with room for `body` more bytes.
+fn frame(kind: u8, id: &MessageId, body: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + MESSAGE_ID_LEN + body);
     out.push(kind);
     out.extend_from_slice(id);
     out
@@ -1145,7 +1151,7 @@ mod tests {
 
     #[test]
     fn unknown_procedures_decode_as_extensions() {
-        let mut bytes = frame(REQUEST, &ID);
+        let mut bytes = frame(REQUEST, &ID, SMALL_BODY);
         bytes.extend_from_slice(&encode_msgpack(&Msgpack::Array(vec![
             Msgpack::from("kadscale_load"),
             Msgpack::Array(vec![Msgpack::from(1)]),
@@ -1160,7 +1166,7 @@ mod tests {
     }
 
     fn request_with_body(body: &Msgpack) -> Vec<u8> {
-        let mut bytes = frame(REQUEST, &ID);
+        let mut bytes = frame(REQUEST, &ID, SMALL_BODY);
         bytes.extend_from_slice(&encode_msgpack(body));
         bytes
     }
@@ -1178,7 +1184,7 @@ mod tests {
                 reason: "length 4294967295 exceeds the 0 bytes left".into()
             })
         );
-        let mut huge = frame(REQUEST, &ID);
+        let mut huge = frame(REQUEST, &ID, SMALL_BODY);
         huge.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
         let error = decode_datagram(&huge).unwrap_err();
         assert_eq!(
@@ -1215,7 +1221,7 @@ mod tests {
         trailing.push(0xc0);
         assert!(matches!(decode_datagram(&trailing), Err(DecodeError::Msgpack { .. })));
         // An extension whose one argument nests 100 arrays deep.
-        let mut deep = frame(REQUEST, &ID);
+        let mut deep = frame(REQUEST, &ID, SMALL_BODY);
         deep.extend_from_slice(&[0x92, 0xa1, b'x', 0x91]);
         deep.extend(std::iter::repeat_n(0x91, 100));
         deep.push(0xc0);

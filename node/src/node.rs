@@ -544,9 +544,11 @@ impl Node {
     /// most once per address per [`HAND_OVER_INTERVAL`], so that requests with forged source
     /// addresses or made-up ids cannot turn this node into an amplifier.
     fn welcome_if_new(&self, contact: Contact, address: Address) {
+        // Cheapest test first: a node without values has nothing to hand over, and skips the
+        // scan of a bucket on every request.
         if contact.id != self.id()
-            && lock(&self.inner.table).is_new(&contact.id)
             && !lock(&self.inner.storage).is_empty()
+            && lock(&self.inner.table).is_new(&contact.id)
             && lock(&self.inner.hand_overs).claim(contact.addr, address, Instant::now())
         {
             // Decided before the contact enters the table, as in Python: newcomers that arrive
