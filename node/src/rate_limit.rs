@@ -61,6 +61,17 @@ impl SourceLimits {
         }
     }
 
+    /// The time to pass to [`SourceLimits::admit_request`] and [`SourceLimits::charge_answer`]:
+    /// the clock when a budget counts, otherwise the time of the last cleanup, which unlimited
+    /// budgets never look at (a clock read per datagram was 1% of serving one).
+    pub fn now(&self) -> Instant {
+        if self.is_unlimited() {
+            self.last_cleanup
+        } else {
+            Instant::now()
+        }
+    }
+
     /// True when neither budget is limited: the caller can skip the bookkeeping.
     pub fn is_unlimited(&self) -> bool {
         self.requests_per_second.is_infinite() && self.answer_bytes_per_second.is_infinite()

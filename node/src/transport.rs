@@ -261,7 +261,7 @@ impl Transport {
         limits: &mut SourceLimits,
     ) {
         // Checked before decoding: a flood over budget costs no more than this lookup.
-        let now = Instant::now();
+        let now = limits.now();
         if datagram.first() == Some(&REQUEST) && !limits.admit_request(from, now) {
             self.metrics.dropped(DropReason::RateLimited);
             return;
