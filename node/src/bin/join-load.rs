@@ -174,12 +174,15 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
     let mut joins = Vec::new();
     for _ in 0..args.count {
         let start = monotonic_secs();
+        // Kept while the node runs, as `dht-node worker` keeps it for /metrics: the metrics'
+        // names and help texts are part of what a node costs.
+        let mut registry = Registry::default();
         let managed = ManagedNode::start(
             Role::Worker,
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             config.clone(),
             &args.bootstrap,
-            &mut Registry::default(),
+            &mut registry,
         )
         .await
         .context("starting a worker")?;
@@ -188,10 +191,10 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
             let waited = tokio::time::timeout_at(deadline, joined.wait_for(|joined| *joined)).await;
             (start, monotonic_secs(), matches!(waited, Ok(Ok(_))))
         }));
-        workers.push(managed);
+        workers.push((managed, registry));
     }
     let mut nodes = Vec::new();
-    for (join, managed) in joins.into_iter().zip(&workers) {
+    for (join, (managed, _)) in joins.into_iter().zip(&workers) {
         let (start, end, ok) = join.await.context("join watcher")?;
         nodes.push(json!({
             "start": start,
@@ -203,7 +206,7 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
     print_line(&json!({ "nodes": nodes }))?;
     // Serve until the driver closes stdin: other workers' lookups may still reach these.
     while stdin.next_line().await.context("reading stdin")?.is_some() {}
-    for managed in &workers {
+    for (managed, _) in &workers {
         managed.shutdown();
     }
     Ok(())
