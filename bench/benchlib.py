@@ -10,7 +10,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 # The benchmarks use release binaries; the smoke tests of `just test` the debug ones it builds.
-BIN_DIR = os.path.join(TARGET_DIR, os.environ.get("BENCH_PROFILE", "release"))
+# BENCH_TARGET, a target triple (x86_64-unknown-linux-musl: the image's static binaries), takes
+# those cargo built with --target: a node's memory depends on the C library and its malloc.
+BUILD_TARGET = os.environ.get("BENCH_TARGET", "")
+BIN_DIR = os.path.join(TARGET_DIR, BUILD_TARGET, os.environ.get("BENCH_PROFILE", "release"))
 DHT_NODE = os.path.join(BIN_DIR, "dht-node")
 JOIN_LOAD = os.path.join(BIN_DIR, "join-load")
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")

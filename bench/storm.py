@@ -177,6 +177,16 @@ def layout(comparison):
     return f"{comparison['workers']} workers ({comparison['group']} per process)"
 
 
+def binaries_note():
+    """Which dht-node build was measured: a node's memory depends on its C library and malloc."""
+    where = f"dht-node's binaries: `{benchlib.display([benchlib.BIN_DIR])}`"
+    if benchlib.BUILD_TARGET:
+        return f"{where} (target {benchlib.BUILD_TARGET})."
+    return (f"{where} (the host target: glibc, dynamically linked; the image ships "
+            "x86_64-unknown-linux-musl, static, which `BENCH_TARGET=x86_64-unknown-linux-musl` "
+            "measures).")
+
+
 def markdown(report, svg_link):
     runs, comparisons = report["runs"], report["comparisons"]
     group = report["group"]
@@ -203,7 +213,7 @@ def markdown(report, svg_link):
         "node costs the host, and the PSS of all nodes adds up to their memory together. Anon "
         "(RssAnon): heap and stacks alone, what a node costs beyond any shared page. Contacts per "
         "worker: the mean routing-table size when the worker process reported (a node knowing more "
-        "of the network holds more).",
+        f"of the network holds more). {binaries_note()}",
         "",
         "| workers | bootstrap nodes (tier) | nodes per worker process | system | all joined after "
         "| join p50 | join p99 | failed joins | CPU s bootstrap + workers "
