@@ -18,24 +18,28 @@ bench-micro:
     bench/micro.sh
 
 # find_node answers/s on one core, dht-node vs the Python node, same run (~25 s); to BENCHMARKS.md.
-bench-rpc: interop-venv
-    cargo build --release -p kadscale-node --bin dht-node --bin rpc-load
-    bench/rpc.sh
+bench-rpc: interop-venv (node-release "--bin dht-node --bin rpc-load")
+    BENCH_TARGET={{node_target}} bench/rpc.sh
 
 # Join storms of dht-node cluster: 100, then 1,000 workers through the policy's tier (~10 s); to BENCHMARKS.md.
-bench-join:
-    cargo build --release -p kadscale-node --bin dht-node
-    bench/join.sh
+bench-join: (node-release "--bin dht-node")
+    BENCH_TARGET={{node_target}} bench/join.sh
 
 # Join storms side by side, Python kademlia vs dht-node, 100/500/1,000 workers (~1 min); to BENCHMARKS.md and bench/join-storm.svg.
-bench-storm: interop-venv
-    cargo build --release -p kadscale-node --bin dht-node --bin join-load
-    bench/storm.sh
+bench-storm: interop-venv (node-release "--bin dht-node --bin join-load")
+    BENCH_TARGET={{node_target}} bench/storm.sh
 
 # Joins/s one bootstrap node sustains with p99 under 100 ms, dht-node vs Python, one core each (1 to 3 min); to BENCHMARKS.md.
-bench-capacity: interop-venv
-    cargo build --release -p kadscale-node --bin dht-node --bin join-load
-    bench/capacity.sh
+bench-capacity: interop-venv (node-release "--bin dht-node --bin join-load")
+    BENCH_TARGET={{node_target}} bench/capacity.sh
+
+# The node benchmarks measure the binary the image ships: static, for musl (image/build-oci.sh).
+node_target := "x86_64-unknown-linux-musl"
+
+# Release builds of kadscale-node's binaries `bins` ("--bin dht-node ...") for the image's musl target.
+node-release bins:
+    rustup target list --installed | grep -qx {{node_target}} || rustup target add {{node_target}}
+    cargo build --release --target {{node_target}} -p kadscale-node {{bins}}
 
 # bench-storm (10 workers) and bench-capacity (one step) at a tiny size, checked; BENCHMARKS.md untouched.
 test-bench-smoke: interop-venv

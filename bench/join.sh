@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-bin="$target_dir/release/dht-node"
+bin="$bin_dir/dht-node"
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 machine=$(machine_line)
 echo "bench-join: $machine"

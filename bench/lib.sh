@@ -3,6 +3,9 @@
 # replacement of one marked section of BENCHMARKS.md.
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+# The binaries measured: BENCH_TARGET, a target triple (`just` passes x86_64-unknown-linux-musl,
+# the image's static build), and BENCH_PROFILE (release; the smoke tests' debug).
+bin_dir="$target_dir/${BENCH_TARGET:+$BENCH_TARGET/}${BENCH_PROFILE:-release}"
 results_dir="$target_dir/bench"
 mkdir -p "$results_dir"
 

@@ -5,7 +5,8 @@
 # the same 200 seeded contacts, 8 source sockets, closed-loop steps of 8, 32 and 128
 # outstanding requests, $BENCH_RPC_STEP_SECS (3) seconds each; only 127.0.0.1.
 # Writes target/bench/rpc-{dht-node,python}.json, rpc.json and the "rpc" section of BENCHMARKS.md.
-# Needs the release binaries (dht-node, rpc-load) and .venv (just interop-venv).
+# Needs the release binaries (dht-node, rpc-load; of BENCH_TARGET, see bench/lib.sh) and .venv
+# (just interop-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -17,8 +18,8 @@ step_secs=${BENCH_RPC_STEP_SECS:-3}
 outstanding=${BENCH_RPC_OUTSTANDING:-8,32,128}
 contacts=${BENCH_RPC_CONTACTS:-200}
 sockets=${BENCH_RPC_SOCKETS:-8}
-rpc_load="$target_dir/release/rpc-load"
-dht_node="$target_dir/release/dht-node"
+rpc_load="$bin_dir/rpc-load"
+dht_node="$bin_dir/dht-node"
 python=.venv/bin/python
 
 server_pid=

@@ -6,9 +6,8 @@
 # bench/join-storm.svg and the "storm" section of BENCHMARKS.md.
 # `bench/storm.sh --smoke` (part of `just test`): 10 workers, checked, nothing written outside
 # target/bench. Needs dht-node and join-load (release; --smoke: BENCH_PROFILE, default debug)
-# and .venv (just interop-venv). BENCH_TARGET=x86_64-unknown-linux-musl measures the image's
-# static binaries instead (cargo build --release --target x86_64-unknown-linux-musl -p
-# kadscale-node --bin dht-node --bin join-load first).
+# and .venv (just interop-venv). BENCH_TARGET=x86_64-unknown-linux-musl (which `just bench-storm`
+# sets) measures the image's static binaries, built by `just node-release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
