@@ -37,17 +37,22 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The runtime the command runs on. A node is one UDP socket whose requests are served in
-    /// microseconds: one thread answers over 100,000 a second, and more threads would only add
-    /// cross-thread wake-ups and memory to every pod. `cluster` runs hundreds of nodes at once
-    /// and uses every core.
+    /// The runtime the command runs on: [`node_runtime`], but for `cluster`, which runs
+    /// hundreds of nodes at once and uses every core.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        let mut builder = match self.command {
-            Command::Cluster(_) => tokio::runtime::Builder::new_multi_thread(),
-            _ => tokio::runtime::Builder::new_current_thread(),
-        };
-        builder.enable_all().build()
+        match self.command {
+            Command::Cluster(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            _ => node_runtime(),
+        }
     }
+}
+
+/// The runtime a node runs on. A node is one UDP socket whose requests are served in
+/// microseconds: one thread answers over 100,000 a second, and more threads would only add
+/// cross-thread wake-ups and memory to every pod. It polls a few sockets: 64 readiness events a
+/// poll rather than 1,024 keep 11 KiB less.
+pub fn node_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().max_io_events_per_tick(64).enable_all().build()
 }
 
 #[derive(Debug, Subcommand)]

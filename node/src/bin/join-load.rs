@@ -105,13 +105,8 @@ struct CapacityArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // One thread, as `dht-node worker` runs its node (see `Cli::runtime` there).
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")
-    };
+    // The runtime `dht-node worker` runs its node on.
+    let runtime = || kadscale_node::cli::node_runtime().context("starting the runtime");
     let result = match cli.command {
         Command::Workers(args) => runtime().and_then(|runtime| runtime.block_on(run_workers(args))),
         Command::Capacity(args) => {
