@@ -1,5 +1,6 @@
 //! Prometheus metrics of one node, registered under the `dht` prefix.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -202,13 +203,14 @@ impl Metrics {
 
     /// The counter of requests served for `method`: taken before the request is handled
     /// (which consumes it), bumped once it was answered.
-    pub fn served_counter(&self, method: &str) -> Counter {
+    pub fn served_counter(&self, method: &str) -> Cow<'_, Counter> {
         match self.served_by_procedure.iter().find(|(name, _)| *name == method) {
-            Some((_, counter)) => counter.clone(),
-            None => self
-                .requests_served
-                .get_or_create(&MethodLabels { method: method.to_owned() })
-                .clone(),
+            Some((_, counter)) => Cow::Borrowed(counter),
+            None => Cow::Owned(
+                self.requests_served
+                    .get_or_create(&MethodLabels { method: method.to_owned() })
+                    .clone(),
+            ),
         }
     }
 

@@ -337,24 +337,25 @@ impl RoutingTable {
         let rank = |a: &(u64, &Contact), b: &(u64, &Contact)| {
             a.0.cmp(&b.0).then_with(|| distance(a.1).cmp(&distance(b.1)))
         };
-        let mut order: Vec<(DistanceKey, usize)> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .filter(|(_, bucket)| !bucket.contacts.is_empty())
-            .map(|(index, bucket)| (bucket.nearest_distance(target), index))
-            .collect();
         let mut found: Vec<(u64, &Contact)> = Vec::with_capacity(count + self.limits.k);
-        for next in 0..order.len() {
-            if found.len() >= count {
+        let mut visited: Option<DistanceKey> = None;
+        while found.len() < count {
+            // The nearest block not visited yet. Blocks are disjoint, so their nearest
+            // distances differ; two or three buckets usually hold the `count` nearest, so
+            // ordering all of them would be wasted.
+            let Some((nearest, bucket)) = self
+                .buckets
+                .iter()
+                .filter(|bucket| !bucket.contacts.is_empty())
+                .map(|bucket| (bucket.nearest_distance(target), bucket))
+                .filter(|(distance, _)| visited.is_none_or(|visited| *distance > visited))
+                .min_by_key(|(distance, _)| *distance)
+            else {
                 break;
-            }
-            // A selection sort that stops early: two or three buckets usually hold the
-            // `count` nearest, so sorting all of them would be wasted.
-            let nearest = (next..order.len()).min_by_key(|&i| order[i].0).unwrap_or(next);
-            order.swap(next, nearest);
+            };
+            visited = Some(nearest);
             let start = found.len();
-            found.extend(self.buckets[order[next].1].contacts.iter().filter_map(|contact| {
+            found.extend(bucket.contacts.iter().filter_map(|contact| {
                 let distance = distance(contact);
                 // A zero distance is the target itself.
                 (distance != DistanceKey::ZERO && Some(contact.addr) != exclude)
