@@ -208,12 +208,7 @@ pub fn decode_datagram(datagram: &[u8]) -> Result<Datagram<'_>, DecodeError> {
 
 /// Decodes one msgpack value that must fill `bytes` exactly.
 pub fn decode_msgpack(bytes: &[u8]) -> Result<Msgpack, DecodeError> {
-    decode_msgpack_at(bytes, 0)
-}
-
-/// Decodes the msgpack value starting at `start`; offsets in errors are relative to `bytes`.
-fn decode_msgpack_at(bytes: &[u8], start: usize) -> Result<Msgpack, DecodeError> {
-    let mut reader = Reader { bytes, pos: start };
+    let mut reader = Reader { bytes, pos: 0 };
     let value = reader.value(0)?;
     reader.finish()?;
     Ok(value)
