@@ -406,20 +406,37 @@ impl ManagedNode {
         bootstrap: &BootstrapArgs,
         registry: &mut Registry,
     ) -> anyhow::Result<ManagedNode> {
+        let mut managed = Self::bind(role, listen, config, bootstrap, registry).await?;
+        managed.start_manager(bootstrap);
+        Ok(managed)
+    }
+
+    /// The node bound and serving, its manager set up but not yet running: for a harness that
+    /// brings many nodes up first and lets them join at once.
+    pub async fn bind(
+        role: Role,
+        listen: SocketAddr,
+        config: NodeConfig,
+        bootstrap: &BootstrapArgs,
+        registry: &mut Registry,
+    ) -> anyhow::Result<ManagedNode> {
         let metrics = Metrics::new(registry);
         let node = Node::start(listen, config, metrics).await?;
-        let manager = match manage_node(&node, bootstrap, role == Role::Bootstrap, registry) {
-            Ok(manager) => Arc::new(manager),
+        match manage_node(&node, bootstrap, role == Role::Bootstrap, registry) {
+            Ok(manager) => Ok(ManagedNode { node, manager: Arc::new(manager), joiner: None }),
             Err(error) => {
                 node.shutdown();
-                return Err(error.into());
+                Err(error.into())
             }
-        };
-        let joiner = (!bootstrap.discovery_config().is_empty()).then(|| {
-            let manager = manager.clone();
-            tokio::spawn(async move { manager.run().await })
-        });
-        Ok(ManagedNode { node, manager, joiner })
+        }
+    }
+
+    /// Runs the manager in the background, unless `bootstrap` names no peer to join through.
+    pub fn start_manager(&mut self, bootstrap: &BootstrapArgs) {
+        if self.joiner.is_none() && !bootstrap.discovery_config().is_empty() {
+            let manager = self.manager.clone();
+            self.joiner = Some(tokio::spawn(async move { manager.run().await }));
+        }
     }
 
     /// Stops the node and its manager.

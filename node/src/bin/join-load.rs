@@ -3,10 +3,10 @@
 //!
 //! - `workers`: COUNT dht-node workers in this process, each a real [`ManagedNode`] (what
 //!   `dht-node worker` runs: its own UDP socket, the bootstrap manager with the same flags).
-//!   It prints `{"ready": true, ...}`, waits for a `go` line on stdin, starts every worker at
-//!   once and prints one JSON line with each worker's join start and end (CLOCK_MONOTONIC
-//!   seconds, the clock the driver and the Python workers read too) once all are joined or
-//!   the deadline passed. The workers keep serving until stdin closes, so that later joins
+//!   Every worker listens before it prints `{"ready": true, ...}`, as the Python workers do;
+//!   on a `go` line on stdin every worker's manager starts its join at once, and it prints
+//!   one JSON line with each worker's join start and end (CLOCK_MONOTONIC seconds, the clock
+//!   the driver and the Python workers read too) once all are joined or the deadline passed. The workers keep serving until stdin closes, so that later joins
 //!   elsewhere still reach them.
 //! - `capacity`: open-loop join arrivals against one bootstrap node at a fixed rate. A join
 //!   is what a new worker sends the bootstrap node: a ping, then the first round of the
@@ -158,6 +158,20 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
         alpha: usize::from(args.alpha),
         ..NodeConfig::default()
     };
+    // Every node listens before `go`, as the Python workers do (`listen`, then `bootstrap`):
+    // what is timed is the join.
+    let mut workers = Vec::new();
+    for _ in 0..args.count {
+        // Kept while the node runs, as `dht-node worker` keeps it for /metrics: the metrics'
+        // names and help texts are part of what a node costs.
+        let mut registry = Registry::default();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let managed =
+            ManagedNode::bind(Role::Worker, listen, config.clone(), &args.bootstrap, &mut registry)
+                .await
+                .context("starting a worker")?;
+        workers.push((managed, registry));
+    }
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     print_line(&json!({"ready": true, "nodes": args.count, "pid": std::process::id()}))?;
     match stdin.next_line().await.context("reading stdin")? {
@@ -165,28 +179,15 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
         other => bail!("expected a `go` line on stdin, got {other:?}"),
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.deadline_secs);
-    let mut workers = Vec::new();
     let mut joins = Vec::new();
-    for _ in 0..args.count {
+    for (managed, _) in &mut workers {
         let start = monotonic_secs();
-        // Kept while the node runs, as `dht-node worker` keeps it for /metrics: the metrics'
-        // names and help texts are part of what a node costs.
-        let mut registry = Registry::default();
-        let managed = ManagedNode::start(
-            Role::Worker,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            config.clone(),
-            &args.bootstrap,
-            &mut registry,
-        )
-        .await
-        .context("starting a worker")?;
         let mut joined = managed.manager.subscribe_joined();
+        managed.start_manager(&args.bootstrap);
         joins.push(tokio::spawn(async move {
             let waited = tokio::time::timeout_at(deadline, joined.wait_for(|joined| *joined)).await;
             (start, monotonic_secs(), matches!(waited, Ok(Ok(_))))
         }));
-        workers.push((managed, registry));
     }
     let mut nodes = Vec::new();
     for (join, (managed, _)) in joins.into_iter().zip(&workers) {
