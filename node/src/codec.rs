@@ -606,7 +606,8 @@ impl<'a> Reader<'a> {
 
 /// Writes `request` as a datagram with message id `id`.
 pub fn encode_request(id: &MessageId, request: &Request) -> Vec<u8> {
-    let mut out = frame(REQUEST, id, SMALL_BODY);
+    let mut out = Vec::new();
+    start_frame(&mut out, REQUEST, id, SMALL_BODY);
     write_array_len(&mut out, 2);
     write_str(&mut out, request.method());
     match request {
@@ -638,29 +639,36 @@ pub fn encode_request(id: &MessageId, request: &Request) -> Vec<u8> {
 
 /// Writes `response` as a datagram answering message `id`.
 pub fn encode_response(id: &MessageId, response: &Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_response(&mut out, id, response);
+    out
+}
+
+/// [`encode_response`] into `out`, replacing what it held: the receive loop writes every
+/// answer into one buffer.
+pub fn write_response(out: &mut Vec<u8>, id: &MessageId, response: &Response) {
     // Sized once: an answer of k contacts would otherwise grow the buffer three times.
     let body = match response {
         Response::Nodes(contacts) => 5 + contacts.len() * MAX_CONTACT_LEN,
         _ => SMALL_BODY,
     };
-    let mut out = frame(RESPONSE, id, body);
+    start_frame(out, RESPONSE, id, body);
     match response {
         Response::Stun(addr) => {
-            write_array_len(&mut out, 2);
-            write_ip(&mut out, addr.ip());
-            write_int(&mut out, i128::from(addr.port()));
+            write_array_len(out, 2);
+            write_ip(out, addr.ip());
+            write_int(out, i128::from(addr.port()));
         }
-        Response::Ping(id) => write_bin(&mut out, id.as_bytes()),
-        Response::Stored(stored) => write_bool(&mut out, *stored),
-        Response::Nodes(contacts) => write_contacts(&mut out, contacts),
+        Response::Ping(id) => write_bin(out, id.as_bytes()),
+        Response::Stored(stored) => write_bool(out, *stored),
+        Response::Nodes(contacts) => write_contacts(out, contacts),
         Response::FoundValue(value) => {
-            write_map_len(&mut out, 1);
-            write_str(&mut out, "value");
-            write_value(&mut out, value);
+            write_map_len(out, 1);
+            write_str(out, "value");
+            write_value(out, value);
         }
-        Response::Extension(body) => write_msgpack(&mut out, body),
+        Response::Extension(body) => write_msgpack(out, body),
     }
-    out
 }
 
 /// Encodes a response body alone (no framing), as the transport's callers read it.
@@ -675,11 +683,11 @@ pub fn encode_msgpack(value: &Msgpack) -> Vec<u8> {
 const SMALL_BODY: usize = 107;
 
 /// A datagram's type byte and message id, in a buffer with room for `body` more bytes.
-fn frame(kind: u8, id: &MessageId, body: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + MESSAGE_ID_LEN + body);
+fn start_frame(out: &mut Vec<u8>, kind: u8, id: &MessageId, body: usize) {
+    out.clear();
+    out.reserve(1 + MESSAGE_ID_LEN + body);
     out.push(kind);
     out.extend_from_slice(id);
-    out
 }
 
 /// Longest encoding of one contact: array marker, id (bin8 of 20), IPv6 text (str8 of at
@@ -967,6 +975,13 @@ mod tests {
 
     const ID: MessageId = [0xab; MESSAGE_ID_LEN];
 
+    /// A datagram's type byte and message id, for bodies written by hand.
+    fn frame(kind: u8, id: &MessageId) -> Vec<u8> {
+        let mut out = Vec::new();
+        start_frame(&mut out, kind, id, SMALL_BODY);
+        out
+    }
+
     fn ids() -> (NodeId, NodeId) {
         let mut a = [0u8; ID_LEN];
         let mut b = [0u8; ID_LEN];
@@ -1016,6 +1031,18 @@ mod tests {
             "92a93132372e302e302e31cd0fa0"
         );
         assert_eq!(body(&encode_response(&ID, &Response::Stored(true))), "c3");
+    }
+
+    #[test]
+    fn an_answer_written_over_a_longer_one_is_exactly_its_own_datagram() {
+        let (id, other) = ids();
+        let contacts = (0..20u16)
+            .map(|port| Contact { id, addr: SocketAddr::from(([127, 0, 0, 1], 4000 + port)) })
+            .collect();
+        let mut buffer = Vec::new();
+        write_response(&mut buffer, &[1; MESSAGE_ID_LEN], &Response::Nodes(contacts));
+        write_response(&mut buffer, &ID, &Response::Ping(other));
+        assert_eq!(buffer, encode_response(&ID, &Response::Ping(other)));
     }
 
     #[test]
@@ -1149,7 +1176,7 @@ mod tests {
 
     #[test]
     fn unknown_procedures_decode_as_extensions() {
-        let mut bytes = frame(REQUEST, &ID, SMALL_BODY);
+        let mut bytes = frame(REQUEST, &ID);
         bytes.extend_from_slice(&encode_msgpack(&Msgpack::Array(vec![
             Msgpack::from("kadscale_load"),
             Msgpack::Array(vec![Msgpack::from(1)]),
@@ -1164,7 +1191,7 @@ mod tests {
     }
 
     fn request_with_body(body: &Msgpack) -> Vec<u8> {
-        let mut bytes = frame(REQUEST, &ID, SMALL_BODY);
+        let mut bytes = frame(REQUEST, &ID);
         bytes.extend_from_slice(&encode_msgpack(body));
         bytes
     }
@@ -1182,7 +1209,7 @@ mod tests {
                 reason: "length 4294967295 exceeds the 0 bytes left".into()
             })
         );
-        let mut huge = frame(REQUEST, &ID, SMALL_BODY);
+        let mut huge = frame(REQUEST, &ID);
         huge.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
         let error = decode_datagram(&huge).unwrap_err();
         assert_eq!(
@@ -1219,7 +1246,7 @@ mod tests {
         trailing.push(0xc0);
         assert!(matches!(decode_datagram(&trailing), Err(DecodeError::Msgpack { .. })));
         // An extension whose one argument nests 100 arrays deep.
-        let mut deep = frame(REQUEST, &ID, SMALL_BODY);
+        let mut deep = frame(REQUEST, &ID);
         deep.extend_from_slice(&[0x92, 0xa1, b'x', 0x91]);
         deep.extend(std::iter::repeat_n(0x91, 100));
         deep.push(0xc0);

@@ -66,7 +66,7 @@ impl Default for NodeConfig {
             refresh_interval: Duration::from_secs(3600),
             bucket_stale_after: Duration::from_secs(3600),
             republish_after: Duration::from_secs(3600),
-            far_refresh_delay: Duration::from_secs(5),
+            far_refresh_delay: Duration::from_secs(1),
             datagram_loss: 0.0,
             max_requests_per_source: 2000,
             max_answer_bytes_per_source: 1024 * 1024,

@@ -174,10 +174,10 @@ impl Lookup {
         }
         let in_flight =
             self.candidates.iter().filter(|candidate| candidate.state == State::InFlight).count();
-        let closest: Vec<NodeId> = self.visible().map(|candidate| candidate.contact.id).collect();
-        let stalled = in_flight == 0 && closest == self.previous_closest;
+        let stalled = in_flight == 0
+            && self.visible().map(|candidate| &candidate.contact.id).eq(&self.previous_closest);
         let count = if stalled { self.k } else { self.alpha.saturating_sub(in_flight) };
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(count.min(self.k));
         for candidate in self
             .candidates
             .iter_mut()
@@ -193,6 +193,10 @@ impl Lookup {
             }
         }
         if !batch.is_empty() {
+            // Refilled in place: taking the ids anew would allocate on every answer.
+            let mut closest = std::mem::take(&mut self.previous_closest);
+            closest.clear();
+            closest.extend(self.visible().map(|candidate| candidate.contact.id));
             self.previous_closest = closest;
         }
         batch

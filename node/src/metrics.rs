@@ -72,13 +72,13 @@ impl EncodeLabelValue for DropReason {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
-    pub method: String,
+    pub method: Cow<'static, str>,
     pub outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    pub method: String,
+    pub method: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,8 +88,8 @@ pub struct DropLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
-    pub kind: String,
-    pub outcome: String,
+    pub kind: &'static str,
+    pub outcome: &'static str,
 }
 
 /// Every metric a node updates; cheap to clone (handles to shared atomics).
@@ -118,7 +118,7 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let requests_served: Family<MethodLabels, Counter> = Family::default();
         let served_by_procedure = PROCEDURES.map(|method| {
-            let labels = MethodLabels { method: method.to_owned() };
+            let labels = MethodLabels { method: Cow::Borrowed(method) };
             (method, requests_served.get_or_create(&labels).clone())
         });
         let metrics = Metrics {
@@ -193,12 +193,13 @@ impl Metrics {
     }
 
     pub fn call_finished(&self, method: &str, outcome: Outcome, seconds: Option<f64>) {
-        self.rpc_calls.get_or_create(&CallLabels { method: method.to_owned(), outcome }).inc();
+        let method = method_label(method);
         if let Some(seconds) = seconds {
             self.rpc_latency
-                .get_or_create(&MethodLabels { method: method.to_owned() })
+                .get_or_create(&MethodLabels { method: method.clone() })
                 .observe(seconds);
         }
+        self.rpc_calls.get_or_create(&CallLabels { method, outcome }).inc();
     }
 
     /// The counter of requests served for `method`: taken before the request is handled
@@ -208,16 +209,23 @@ impl Metrics {
             Some((_, counter)) => Cow::Borrowed(counter),
             None => Cow::Owned(
                 self.requests_served
-                    .get_or_create(&MethodLabels { method: method.to_owned() })
+                    .get_or_create(&MethodLabels { method: method_label(method) })
                     .clone(),
             ),
         }
     }
 
-    pub fn lookup_finished(&self, kind: &str, outcome: &str) {
-        self.lookups
-            .get_or_create(&LookupLabels { kind: kind.to_owned(), outcome: outcome.to_owned() })
-            .inc();
+    pub fn lookup_finished(&self, kind: &'static str, outcome: &'static str) {
+        self.lookups.get_or_create(&LookupLabels { kind, outcome }).inc();
+    }
+}
+
+/// `method` as a label: borrowed for the protocol's procedures, so that counting a call to
+/// one of them allocates nothing.
+fn method_label(method: &str) -> Cow<'static, str> {
+    match PROCEDURES.iter().find(|known| **known == method) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(method.to_owned()),
     }
 }
 

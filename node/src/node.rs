@@ -448,7 +448,11 @@ impl Node {
             let delay = self.inner.config.far_refresh_delay.mul_f64(1.0 + rand::random::<f64>());
             let (node, alpha) = (self.clone(), self.inner.config.alpha);
             tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
+                // A node shut down meanwhile is let go at once: this task holds its socket.
+                tokio::select! {
+                    _ = node.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
                 let far = lock(&node.inner.table).far_buckets();
                 node.refresh_buckets(far, alpha).await;
             });

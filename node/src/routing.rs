@@ -3,6 +3,7 @@
 //! IP address holds (which Python lacks). Pure data, no I/O: the caller does the pinging that
 //! [`Insert::BucketFull`] asks for and reports failures with [`RoutingTable::remove`].
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,14 @@ const SPLIT_DEPTH_MODULUS: u32 = 5;
 /// that makes up ids at will takes at most this many of a bucket's k slots, so it can neither
 /// fill the buckets near this node's id (an eclipse) nor force them to split.
 pub const DEFAULT_MAX_CONTACTS_PER_IP: usize = 3;
+
+/// A contact as [`RoutingTable::closest`] ranks it: the first 8 bytes of its distance to the
+/// target, and its place (bucket, slot) in the table.
+type Ranked = (u64, (u32, u32));
+
+thread_local! {
+    static RANKED_OF_THREAD: RefCell<Vec<Ranked>> = const { RefCell::new(Vec::new()) };
+}
 
 /// What the per-IP cap counts a contact under: its IP address, except on loopback, where every
 /// node of a one-machine setup (tests, `dht-node cluster`) shares the IP and only the port tells
@@ -331,45 +340,54 @@ impl RoutingTable {
         // Buckets are ordered by `DistanceKey`s (two integer compares), not 20-byte arrays.
         // Contacts are ranked by the first 8 bytes of their distance, with the whole distance
         // only to break ties: the 16-byte pairs that are selected and sorted (a key and a
-        // reference) made that a third cheaper than sorting 48-byte ones.
+        // place) made that a third cheaper than sorting 48-byte ones. They are ranked in a
+        // buffer of the thread's, kept between calls: one allocation less per answer.
         let target = DistanceKey::of(&target.0);
         let distance = |contact: &Contact| target.xor(DistanceKey::of(&contact.id.0));
-        let rank = |a: &(u64, &Contact), b: &(u64, &Contact)| {
-            a.0.cmp(&b.0).then_with(|| distance(a.1).cmp(&distance(b.1)))
+        let contact =
+            |(bucket, slot): (u32, u32)| &self.buckets[bucket as usize].contacts[slot as usize];
+        let rank = |a: &Ranked, b: &Ranked| {
+            a.0.cmp(&b.0).then_with(|| distance(contact(a.1)).cmp(&distance(contact(b.1))))
         };
-        let mut found: Vec<(u64, &Contact)> = Vec::with_capacity(count + self.limits.k);
-        let mut visited: Option<DistanceKey> = None;
-        while found.len() < count {
-            // The nearest block not visited yet. Blocks are disjoint, so their nearest
-            // distances differ; two or three buckets usually hold the `count` nearest, so
-            // ordering all of them would be wasted.
-            let Some((nearest, bucket)) = self
-                .buckets
-                .iter()
-                .filter(|bucket| !bucket.contacts.is_empty())
-                .map(|bucket| (bucket.nearest_distance(target), bucket))
-                .filter(|(distance, _)| visited.is_none_or(|visited| *distance > visited))
-                .min_by_key(|(distance, _)| *distance)
-            else {
-                break;
-            };
-            visited = Some(nearest);
-            let start = found.len();
-            found.extend(bucket.contacts.iter().filter_map(|contact| {
-                let distance = distance(contact);
-                // A zero distance is the target itself.
-                (distance != DistanceKey::ZERO && Some(contact.addr) != exclude)
-                    .then_some(((distance.0 >> 64) as u64, contact))
-            }));
-            let wanted = count - start;
-            let visited = &mut found[start..];
-            if visited.len() > wanted {
-                visited.select_nth_unstable_by(wanted, rank);
+        RANKED_OF_THREAD.with_borrow_mut(|found| {
+            found.clear();
+            let mut visited: Option<DistanceKey> = None;
+            while found.len() < count {
+                // The nearest block not visited yet. Blocks are disjoint, so their nearest
+                // distances differ; two or three buckets usually hold the `count` nearest, so
+                // ordering all of them would be wasted.
+                let Some((nearest, index)) = self
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, bucket)| !bucket.contacts.is_empty())
+                    .map(|(index, bucket)| (bucket.nearest_distance(target), index))
+                    .filter(|(distance, _)| visited.is_none_or(|visited| *distance > visited))
+                    .min_by_key(|(distance, _)| *distance)
+                else {
+                    break;
+                };
+                visited = Some(nearest);
+                let start = found.len();
+                let bucket = index as u32;
+                found.extend(self.buckets[index].contacts.iter().zip(0..).filter_map(
+                    |(contact, slot)| {
+                        let distance = distance(contact);
+                        // A zero distance is the target itself.
+                        (distance != DistanceKey::ZERO && Some(contact.addr) != exclude)
+                            .then_some(((distance.0 >> 64) as u64, (bucket, slot)))
+                    },
+                ));
+                let wanted = count - start;
+                let visited = &mut found[start..];
+                if visited.len() > wanted {
+                    visited.select_nth_unstable_by(wanted, rank);
+                }
+                found.truncate(count);
+                found[start..].sort_unstable_by(rank);
             }
-            found.truncate(count);
-            found[start..].sort_unstable_by(rank);
-        }
-        found.into_iter().map(|(_, contact)| *contact).collect()
+            found.iter().map(|&(_, place)| *contact(place)).collect()
+        })
     }
 
     /// Marks the bucket holding `target` as used now, as a lookup near it does in Python.

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
-    decode_datagram, encode_request, encode_response, Datagram, DecodeError, MessageId, Request,
+    decode_datagram, encode_request, write_response, Datagram, DecodeError, MessageId, Request,
     Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN, REQUEST,
 };
 use crate::config::NodeConfig;
@@ -26,13 +26,23 @@ use crate::rate_limit::SourceLimits;
 /// Largest datagram read; UDP payloads cannot be larger.
 const RECEIVE_BUFFER: usize = 65536;
 
+/// The buffers of every node served on one thread: a datagram is read, handled and answered
+/// before the receive loop awaits again, so one pair serves them all.
+struct DatagramBuffers {
+    /// A buffer per node was resident in full with many nodes on one thread (glibc's calloc
+    /// hands out reused heap memory and zeroes every page of it): 55 KiB a node with 50 nodes
+    /// a process.
+    receive: Box<[u8]>,
+    /// Written anew for every answer: an allocation per answer was a tenth of the time spent
+    /// serving one.
+    answer: Vec<u8>,
+}
+
 thread_local! {
-    /// The receive buffer of every node served on this thread: a datagram is handled before the
-    /// receive loop awaits again, so one buffer serves them all. A buffer per node was resident
-    /// in full with many nodes on one thread (glibc's calloc hands out reused heap memory and
-    /// zeroes every page of it): 55 KiB a node with 50 nodes a process.
-    static RECEIVE_BUFFER_OF_THREAD: RefCell<Box<[u8]>> =
-        RefCell::new(vec![0; RECEIVE_BUFFER].into_boxed_slice());
+    static BUFFERS_OF_THREAD: RefCell<DatagramBuffers> = RefCell::new(DatagramBuffers {
+        receive: vec![0; RECEIVE_BUFFER].into_boxed_slice(),
+        answer: Vec::new(),
+    });
 }
 
 /// Datagrams the receive loop takes from a busy socket before it lets other tasks run.
@@ -233,13 +243,26 @@ impl Transport {
                 taken_without_yielding = 0;
                 tokio::task::yield_now().await;
             }
-            // Read and handled before the next await: the thread's buffer is free again for
-            // the other nodes it serves.
-            let received = RECEIVE_BUFFER_OF_THREAD.with_borrow_mut(|buffer| -> io::Result<_> {
-                let (len, from) = self.socket.try_recv_from(buffer)?;
+            // Read, handled and answered before the next await: the thread's buffers are free
+            // again for the other nodes it serves. Only an answer the socket has no room for
+            // now is copied out, to be sent once it has.
+            let received = BUFFERS_OF_THREAD.with_borrow_mut(|buffers| -> io::Result<_> {
+                let DatagramBuffers { receive, answer } = buffers;
+                let (len, from) = self.socket.try_recv_from(receive)?;
                 let from = canonical(from);
-                let answer = self.dispatch(&buffer[..len], from, handler, &mut limits);
-                Ok(answer.map(|answer| (answer, from)))
+                if !self.dispatch(&receive[..len], from, handler, &mut limits, answer) {
+                    return Ok(None);
+                }
+                Ok(match self.socket.try_send_to(answer, from) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        Some((answer.clone(), from))
+                    }
+                    Err(error) => {
+                        tracing::debug!(to = %from, %error, "sending an answer failed");
+                        None
+                    }
+                    Ok(_) => None,
+                })
             });
             let received = match received {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -255,7 +278,7 @@ impl Transport {
             };
             match received {
                 Ok(Some((answer, to))) => {
-                    if let Err(error) = self.send_answer(&answer, to).await {
+                    if let Err(error) = self.socket.send_to(&answer, to).await {
                         tracing::debug!(%to, %error, "sending an answer failed");
                     }
                 }
@@ -270,36 +293,40 @@ impl Transport {
         pending.clear();
     }
 
-    /// Handles one datagram from `from`: the answer to send back, if any.
+    /// Handles one datagram from `from`; true when it is to be answered with what it wrote in
+    /// `answer`.
     fn dispatch(
         &self,
         datagram: &[u8],
         from: SocketAddr,
         handler: &dyn RequestHandler,
         limits: &mut SourceLimits,
-    ) -> Option<Vec<u8>> {
+        answer: &mut Vec<u8>,
+    ) -> bool {
         if self.datagram_loss > 0.0 && rand::random::<f64>() < self.datagram_loss {
             self.metrics.dropped(DropReason::InjectedLoss);
-            return None;
+            return false;
         }
         // Checked before decoding: a flood over budget costs no more than this lookup.
         let now = limits.now();
         if datagram.first() == Some(&REQUEST) && !limits.admit_request(from, now) {
             self.metrics.dropped(DropReason::RateLimited);
-            return None;
+            return false;
         }
         match decode_datagram(datagram) {
             Ok(Datagram::Request { id, request }) => {
                 let served = self.metrics.served_counter(request.method());
-                let response = handler.handle(from, request)?;
+                let Some(response) = handler.handle(from, request) else {
+                    return false;
+                };
                 served.inc();
-                let answer = encode_response(&id, &response);
+                write_response(answer, &id, &response);
                 limits.charge_answer(from, answer.len(), now);
-                Some(answer)
+                true
             }
             Ok(Datagram::Response { id, body }) => {
                 self.accept_response(id, body, from);
-                None
+                false
             }
             Err(error) => {
                 let reason = match error {
@@ -311,18 +338,8 @@ impl Transport {
                 };
                 self.metrics.dropped(reason);
                 tracing::debug!(%from, %error, len = datagram.len(), "dropped a datagram");
-                None
+                false
             }
-        }
-    }
-
-    /// Sends at once when the socket has room, as it nearly always has; waits otherwise.
-    async fn send_answer(&self, answer: &[u8], to: SocketAddr) -> io::Result<usize> {
-        match self.socket.try_send_to(answer, to) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                self.socket.send_to(answer, to).await
-            }
-            sent => sent,
         }
     }
 

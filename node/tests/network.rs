@@ -240,10 +240,7 @@ fn lookup_count(node: &Node) -> u64 {
         .map(|outcome| {
             node.metrics()
                 .lookups
-                .get_or_create(&kadscale_node::metrics::LookupLabels {
-                    kind: "find_node".into(),
-                    outcome: outcome.into(),
-                })
+                .get_or_create(&kadscale_node::metrics::LookupLabels { kind: "find_node", outcome })
                 .get()
         })
         .sum()

@@ -5,13 +5,14 @@
 //! the fake one of the tests (which run on tokio's paused clock, without sockets).
 
 use std::collections::HashSet;
+use std::fmt::{self, Write};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -138,9 +139,19 @@ pub struct JoinAttempt {
     pub pings: Vec<(SocketAddr, Result<Duration, ProbeError>)>,
 }
 
+/// An endpoint's address as a label value: written out when scraped, not at every update.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct EndpointAddr(SocketAddr);
+
+impl EncodeLabelValue for EndpointAddr {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        write!(encoder, "{}", self.0)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
-    endpoint: String,
+    endpoint: EndpointAddr,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,7 +166,7 @@ struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointOutcomeLabels {
-    endpoint: String,
+    endpoint: EndpointAddr,
     outcome: &'static str,
 }
 
@@ -290,7 +301,7 @@ impl BootstrapMetrics {
 
     /// Drops the series of an endpoint that left the pool.
     fn forget(&self, addr: SocketAddr) {
-        let labels = EndpointLabels { endpoint: addr.to_string() };
+        let labels = EndpointLabels { endpoint: EndpointAddr(addr) };
         self.endpoint_healthy.remove(&labels);
         self.endpoint_consecutive_failures.remove(&labels);
         self.endpoint_rtt.remove(&labels);
@@ -299,14 +310,13 @@ impl BootstrapMetrics {
         self.reported_requests_per_second.remove(&labels);
         self.reported_overloaded.remove(&labels);
         for outcome in PING_OUTCOMES {
-            self.join_pings
-                .remove(&EndpointOutcomeLabels { endpoint: labels.endpoint.clone(), outcome });
+            self.join_pings.remove(&EndpointOutcomeLabels { endpoint: labels.endpoint, outcome });
         }
     }
 }
 
 fn endpoint_labels(state: &EndpointState) -> EndpointLabels {
-    EndpointLabels { endpoint: state.endpoint.addr.to_string() }
+    EndpointLabels { endpoint: EndpointAddr(state.endpoint.addr) }
 }
 
 /// The endpoint pool and what selection needs, behind one lock that is never held across an
@@ -587,7 +597,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
                     "no_answer"
                 }
             };
-            let labels = EndpointOutcomeLabels { endpoint: addr.to_string(), outcome };
+            let labels = EndpointOutcomeLabels { endpoint: EndpointAddr(*addr), outcome };
             self.metrics.join_pings.get_or_create(&labels).inc();
         }
         let outcome = if pings.is_empty() {

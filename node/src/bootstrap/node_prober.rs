@@ -113,10 +113,7 @@ fn requests_total(metrics: &Metrics) -> u64 {
     PROCEDURES
         .iter()
         .map(|method| {
-            metrics
-                .requests_served
-                .get_or_create(&MethodLabels { method: (*method).to_owned() })
-                .get()
+            metrics.requests_served.get_or_create(&MethodLabels { method: (*method).into() }).get()
         })
         .sum()
 }

@@ -621,7 +621,7 @@ impl Cluster {
     /// The figures of the table, now.
     pub fn report(&self) -> ClusterReport {
         let join_times: Vec<Duration> = self.workers.iter().filter_map(Worker::join_time).collect();
-        let joined_method = MethodLabels { method: JOINED_PROCEDURE.to_owned() };
+        let joined_method = MethodLabels { method: JOINED_PROCEDURE.into() };
         let bootstraps = self
             .bootstraps
             .iter()
