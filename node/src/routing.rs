@@ -342,6 +342,9 @@ impl RoutingTable {
         // only to break ties: the 16-byte pairs that are selected and sorted (a key and a
         // place) made that a third cheaper than sorting 48-byte ones. They are ranked in a
         // buffer of the thread's, kept between calls: one allocation less per answer.
+        // The block holding the target is the nearest (distance zero) and needs no search:
+        // with full buckets it alone often holds the `count` nearest.
+        let mut holding_target = Some(self.bucket_index(target));
         let target = DistanceKey::of(&target.0);
         let distance = |contact: &Contact| target.xor(DistanceKey::of(&contact.id.0));
         let contact =
@@ -351,23 +354,29 @@ impl RoutingTable {
         };
         RANKED_OF_THREAD.with_borrow_mut(|found| {
             found.clear();
-            let mut visited: Option<DistanceKey> = None;
+            let mut visited = DistanceKey::ZERO;
             while found.len() < count {
                 // The nearest block not visited yet. Blocks are disjoint, so their nearest
                 // distances differ; two or three buckets usually hold the `count` nearest, so
                 // ordering all of them would be wasted.
-                let Some((nearest, index)) = self
-                    .buckets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, bucket)| !bucket.contacts.is_empty())
-                    .map(|(index, bucket)| (bucket.nearest_distance(target), index))
-                    .filter(|(distance, _)| visited.is_none_or(|visited| *distance > visited))
-                    .min_by_key(|(distance, _)| *distance)
-                else {
-                    break;
+                let index = match holding_target.take() {
+                    Some(index) => index,
+                    None => {
+                        let Some((nearest, index)) = self
+                            .buckets
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, bucket)| !bucket.contacts.is_empty())
+                            .map(|(index, bucket)| (bucket.nearest_distance(target), index))
+                            .filter(|(distance, _)| *distance > visited)
+                            .min_by_key(|(distance, _)| *distance)
+                        else {
+                            break;
+                        };
+                        visited = nearest;
+                        index
+                    }
                 };
-                visited = Some(nearest);
                 let start = found.len();
                 let bucket = index as u32;
                 found.extend(self.buckets[index].contacts.iter().zip(0..).filter_map(
