@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `just bench-micro`: the criterion benches of kadscale-node (codec encode/decode, routing table
-# insert and closest-k at 10,000 contacts offered, bootstrap selection next to an atomic
+# insert and closest-k at 10,000 contacts offered, closest-k at 200, bootstrap selection next to an atomic
 # increment) with short warm-up and measurement times ($BENCH_MICRO_SECS, 2 s each), then their
 # mean times from target/criterion into target/bench/micro.json and the "micro" section of
 # BENCHMARKS.md.
@@ -44,7 +44,8 @@ jq -r '
   (.benches[] | "| \(.group) | \(.name) | \(.mean_ns | time) | \(.per_second | rate) | \(if .group | startswith("selection") then "\(.mean_ns / $atomic * 10 | round / 10)x" else "" end) |"),
   "",
   "The routing insert row counts the 10,000 contacts offered per iteration as its elements; closest-k",
-  "queries the table those 10,000 offers left (k = 20, buckets split as in the Python package).",
+  "queries the table those 10,000 offers left, and one of 200 (bench-rpc's node holds about that",
+  "many) (k = 20, buckets split as in the Python package).",
   "Selection picks 3 of 6 bootstrap endpoints; its last column is its time over an atomic",
   "increment measured in the same run (target: within 20x, and 10,000,000 selections per second).",
   "",
