@@ -28,7 +28,38 @@ pub const DEFAULT_MAX_CONTACTS_PER_IP: usize = 3;
 type Ranked = (u64, (u32, u32));
 
 thread_local! {
-    static RANKED_OF_THREAD: RefCell<Vec<Ranked>> = const { RefCell::new(Vec::new()) };
+    /// [`RoutingTable::closest`]'s buffers: the contacts ranked, and a bucket's share placed.
+    static RANKED_OF_THREAD: RefCell<(Vec<Ranked>, Placing)> =
+        const { RefCell::new((Vec::new(), Placing { keys: Vec::new(), placed: Vec::new() })) };
+}
+
+/// Scratch of [`place_by_rank`]: a share's keys side by side, and its nearest in order.
+struct Placing {
+    keys: Vec<u64>,
+    placed: Vec<Ranked>,
+}
+
+/// Puts the `wanted` nearest of `share` at its front in order: its keys, each with its place
+/// in the share in the low 8 bits, sorted as plain integers (sorting networks, no branches on
+/// the data). False, with `share` untouched, when two keys agree above those 8 bits (or the
+/// share is too long to number in 8 bits): the caller then ranks by the whole distance.
+fn place_by_rank(share: &mut [Ranked], wanted: usize, scratch: &mut Placing) -> bool {
+    const PLACE_BITS: u32 = 8;
+    let place_mask = (1u64 << PLACE_BITS) - 1;
+    if share.len() > 1 << PLACE_BITS {
+        return false;
+    }
+    let Placing { keys, placed } = scratch;
+    keys.clear();
+    keys.extend(share.iter().zip(0..).map(|(item, place)| (item.0 & !place_mask) | place));
+    keys.sort_unstable();
+    if keys.windows(2).any(|pair| pair[0] >> PLACE_BITS == pair[1] >> PLACE_BITS) {
+        return false;
+    }
+    placed.clear();
+    placed.extend(keys.iter().take(wanted).map(|&key| share[(key & place_mask) as usize]));
+    share[..placed.len()].copy_from_slice(placed);
+    true
 }
 
 /// What the per-IP cap counts a contact under: its IP address, except on loopback, where every
@@ -352,7 +383,7 @@ impl RoutingTable {
         let rank = |a: &Ranked, b: &Ranked| {
             a.0.cmp(&b.0).then_with(|| distance(contact(a.1)).cmp(&distance(contact(b.1))))
         };
-        RANKED_OF_THREAD.with_borrow_mut(|found| {
+        RANKED_OF_THREAD.with_borrow_mut(|(found, placing)| {
             found.clear();
             let mut visited = DistanceKey::ZERO;
             while found.len() < count {
@@ -388,12 +419,15 @@ impl RoutingTable {
                     },
                 ));
                 let wanted = count - start;
-                let visited = &mut found[start..];
-                if visited.len() > wanted {
-                    visited.select_nth_unstable_by(wanted, rank);
+                let share = &mut found[start..];
+                if !place_by_rank(share, wanted, placing) {
+                    if share.len() > wanted {
+                        share.select_nth_unstable_by(wanted, rank);
+                    }
+                    let kept = wanted.min(share.len());
+                    share[..kept].sort_unstable_by(rank);
                 }
                 found.truncate(count);
-                found[start..].sort_unstable_by(rank);
             }
             found.iter().map(|&(_, place)| *contact(place)).collect()
         })
@@ -532,24 +566,29 @@ mod tests {
     }
 
     #[test]
-    fn contacts_alike_in_their_first_eight_bytes_are_ranked_by_the_rest() {
-        let own = NodeId([0xff; 20]);
-        let mut table = RoutingTable::new(own, 20);
-        // Ids equal but for their last byte: the 8-byte rank ties, the whole distance decides.
-        let ids: Vec<NodeId> = [9u8, 3, 7, 1, 5]
-            .into_iter()
-            .map(|last| {
-                let mut id = [0u8; 20];
-                id[19] = last;
-                NodeId(id)
-            })
-            .collect();
-        for (port, id) in ids.iter().enumerate() {
-            table.add(contact(*id, port as u16 + 1));
+    fn contacts_alike_in_their_first_bytes_are_ranked_by_the_rest() {
+        // Ids equal but for one byte: in the last byte the 8-byte rank ties; in the eighth,
+        // the ranks differ only in the bits that sorting them as integers gives to the place.
+        // Either way the whole distance decides.
+        for byte in [19, 7] {
+            let own = NodeId([0xff; 20]);
+            let mut table = RoutingTable::new(own, 20);
+            let ids: Vec<NodeId> = [9u8, 3, 7, 1, 5]
+                .into_iter()
+                .map(|value| {
+                    let mut id = [0u8; 20];
+                    id[byte] = value;
+                    NodeId(id)
+                })
+                .collect();
+            for (port, id) in ids.iter().enumerate() {
+                table.add(contact(*id, port as u16 + 1));
+            }
+            let target = NodeId([0; 20]);
+            let found: Vec<u8> =
+                table.closest(&target, 3, None).iter().map(|c| c.id.0[byte]).collect();
+            assert_eq!(found, [1, 3, 5], "ids differing in byte {byte}");
         }
-        let target = NodeId([0; 20]);
-        let found: Vec<u8> = table.closest(&target, 3, None).iter().map(|c| c.id.0[19]).collect();
-        assert_eq!(found, [1, 3, 5]);
     }
 
     #[test]
