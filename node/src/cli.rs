@@ -392,8 +392,16 @@ pub enum Role {
 pub struct ManagedNode {
     pub node: Node,
     pub manager: Arc<NodeManager>,
-    /// The manager's loop; none for a bootstrap node given no peers (it waits to be joined).
-    joiner: Option<tokio::task::JoinHandle<()>>,
+    joiner: Joiner,
+}
+
+/// Where a [`ManagedNode`]'s manager loop stands.
+enum Joiner {
+    /// No peer to join through: a bootstrap node given none waits to be joined.
+    NoPeers,
+    /// Set up by [`ManagedNode::bind`], not started yet.
+    Ready,
+    Running(tokio::task::JoinHandle<()>),
 }
 
 impl ManagedNode {
@@ -407,7 +415,7 @@ impl ManagedNode {
         registry: &mut Registry,
     ) -> anyhow::Result<ManagedNode> {
         let mut managed = Self::bind(role, listen, config, bootstrap, registry).await?;
-        managed.start_manager(bootstrap);
+        managed.start_manager();
         Ok(managed)
     }
 
@@ -423,7 +431,14 @@ impl ManagedNode {
         let metrics = Metrics::new(registry);
         let node = Node::start(listen, config, metrics).await?;
         match manage_node(&node, bootstrap, role == Role::Bootstrap, registry) {
-            Ok(manager) => Ok(ManagedNode { node, manager: Arc::new(manager), joiner: None }),
+            Ok(manager) => {
+                let joiner = if bootstrap.discovery_config().is_empty() {
+                    Joiner::NoPeers
+                } else {
+                    Joiner::Ready
+                };
+                Ok(ManagedNode { node, manager: Arc::new(manager), joiner })
+            }
             Err(error) => {
                 node.shutdown();
                 Err(error.into())
@@ -431,18 +446,19 @@ impl ManagedNode {
         }
     }
 
-    /// Runs the manager in the background, unless `bootstrap` names no peer to join through.
-    pub fn start_manager(&mut self, bootstrap: &BootstrapArgs) {
-        if self.joiner.is_none() && !bootstrap.discovery_config().is_empty() {
+    /// Runs the manager in the background, unless it has no peer to join through or runs
+    /// already.
+    pub fn start_manager(&mut self) {
+        if let Joiner::Ready = self.joiner {
             let manager = self.manager.clone();
-            self.joiner = Some(tokio::spawn(async move { manager.run().await }));
+            self.joiner = Joiner::Running(tokio::spawn(async move { manager.run().await }));
         }
     }
 
     /// Stops the node and its manager.
     pub fn shutdown(&self) {
         self.node.shutdown();
-        if let Some(joiner) = &self.joiner {
+        if let Joiner::Running(joiner) = &self.joiner {
             joiner.abort();
         }
     }

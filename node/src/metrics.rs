@@ -207,9 +207,10 @@ impl Metrics {
     pub fn served_counter(&self, method: &str) -> Cow<'_, Counter> {
         match self.served_by_procedure.iter().find(|(name, _)| *name == method) {
             Some((_, counter)) => Cow::Borrowed(counter),
+            // Not one of the protocol's procedures: its label is owned.
             None => Cow::Owned(
                 self.requests_served
-                    .get_or_create(&MethodLabels { method: method_label(method) })
+                    .get_or_create(&MethodLabels { method: Cow::Owned(method.to_owned()) })
                     .clone(),
             ),
         }

@@ -6,8 +6,9 @@
 //!   Every worker listens before it prints `{"ready": true, ...}`, as the Python workers do;
 //!   on a `go` line on stdin every worker's manager starts its join at once, and it prints
 //!   one JSON line with each worker's join start and end (CLOCK_MONOTONIC seconds, the clock
-//!   the driver and the Python workers read too) once all are joined or the deadline passed. The workers keep serving until stdin closes, so that later joins
-//!   elsewhere still reach them.
+//!   the driver and the Python workers read too) once all are joined or the deadline passed.
+//!   The workers keep serving until stdin closes, so that later joins elsewhere still reach
+//!   them.
 //! - `capacity`: open-loop join arrivals against one bootstrap node at a fixed rate. A join
 //!   is what a new worker sends the bootstrap node: a ping, then the first round of the
 //!   iterative lookup of its own id (a `find_node` of its id). The later rounds go to the
@@ -183,7 +184,7 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
     for (managed, _) in &mut workers {
         let start = monotonic_secs();
         let mut joined = managed.manager.subscribe_joined();
-        managed.start_manager(&args.bootstrap);
+        managed.start_manager();
         joins.push(tokio::spawn(async move {
             let waited = tokio::time::timeout_at(deadline, joined.wait_for(|joined| *joined)).await;
             (start, monotonic_secs(), matches!(waited, Ok(Ok(_))))
