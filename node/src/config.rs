@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub bucket_stale_after: Duration,
     /// Values older than this are republished at each refresh (Python: one hour).
     pub republish_after: Duration,
+    /// After a join, the buckets its lookup did not fill are refreshed once, at a random time
+    /// between this and twice this: by then the peers that met the node in the meantime are
+    /// in its table, and a storm of joins does not meet a storm of refreshes (Python: none).
+    pub far_refresh_delay: Duration,
     /// Fraction (0 to 1) of received datagrams dropped at random: fault tests only, 0 otherwise.
     pub datagram_loss: f64,
 }
@@ -62,6 +66,7 @@ impl Default for NodeConfig {
             refresh_interval: Duration::from_secs(3600),
             bucket_stale_after: Duration::from_secs(3600),
             republish_after: Duration::from_secs(3600),
+            far_refresh_delay: Duration::from_secs(1),
             datagram_loss: 0.0,
             max_requests_per_source: 2000,
             max_answer_bytes_per_source: 1024 * 1024,

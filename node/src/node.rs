@@ -430,11 +430,13 @@ impl Node {
     /// is not empty afterwards. This is the seam the bootstrap manager joins through.
     ///
     /// The lookup of the own id meets only nodes near it; every other bucket then gets a few
-    /// contacts from a short lookup in its range, in the background (the paper's join, with
-    /// lookups that end once `alpha` nodes answered rather than `k`: a 1,000-worker storm
-    /// took 1.3 CPU-seconds instead of 2.1). Without it, nodes that joined together through
-    /// seeds in their own half of the id space can know no node of the other half once the
-    /// seeds time out, and then never find a value stored there.
+    /// contacts from a short lookup in its range, in the background and after
+    /// `far_refresh_delay` (the paper's join, with lookups that end once `alpha` nodes
+    /// answered rather than `k`). Without it, nodes that joined together through seeds in
+    /// their own half of the id space can know no node of the other half once the seeds time
+    /// out, and then never find a value stored there. Run at once, these lookups were a
+    /// quarter of the CPU a storm of 100 joining workers cost; delayed, they also go around
+    /// seeds that died meanwhile (see [`Node::refresh_buckets`]).
     pub async fn join(&self, seeds: Vec<Contact>) -> Vec<Contact> {
         let nodes = match self
             .run_lookup(self.id(), LookupKind::FindNode, seeds, self.inner.config.k)
@@ -444,9 +446,17 @@ impl Node {
             LookupOutcome::Value { .. } => Vec::new(),
         };
         if !nodes.is_empty() {
-            let far = lock(&self.inner.table).far_buckets();
+            let delay = self.inner.config.far_refresh_delay.mul_f64(1.0 + rand::random::<f64>());
             let (node, alpha) = (self.clone(), self.inner.config.alpha);
-            tokio::spawn(async move { node.refresh_buckets(far, alpha).await });
+            tokio::spawn(async move {
+                // A node shut down meanwhile is let go at once: this task holds its socket.
+                tokio::select! {
+                    _ = node.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                let far = lock(&node.inner.table).far_buckets();
+                node.refresh_buckets(far, alpha).await;
+            });
         }
         nodes
     }
@@ -671,12 +681,14 @@ impl Node {
     }
 
     /// A lookup of a random id in each bucket range `(low, high)`, all at once, each ending
-    /// when the `k` closest nodes it found answered.
+    /// when the `k` closest nodes it found answered. Each starts from the configured `k`
+    /// closest contacts and `alpha` more, not just the `alpha` it asks first: when those are
+    /// dead (the seeds a node joined through, say), the lookup goes on through the others.
     async fn refresh_buckets(&self, ranges: Vec<(NodeId, NodeId)>, k: usize) {
-        let alpha = self.inner.config.alpha;
+        let known = self.inner.config.k + self.inner.config.alpha;
         join_all(ranges.into_iter().map(|(low, high)| {
             let target = NodeId::random_in_range(&low, &high);
-            let seeds = self.closest_known(&target, alpha);
+            let seeds = self.closest_known(&target, known);
             self.run_lookup(target, LookupKind::FindNode, seeds, k)
         }))
         .await;

@@ -164,8 +164,15 @@ async fn a_joined_node_learns_the_far_half_of_the_id_space_that_its_own_lookup_n
     // With k = 2 every answer holds two contacts, the closest: the lookup of x's own id
     // (0x18..) meets only nodes of the lower half; only a lookup in x's far bucket asks
     // about the upper half, where `far` is.
-    let with_id =
-        |first| start_with(NodeConfig { node_id: Some(id_starting(first)), k: 2, ..config() });
+    let far_refresh_delay = Duration::from_millis(300);
+    let with_id = |first| {
+        start_with(NodeConfig {
+            node_id: Some(id_starting(first)),
+            k: 2,
+            far_refresh_delay,
+            ..config()
+        })
+    };
     let far = with_id(0x90).await;
     let mut near = Vec::new();
     for first in [0x10, 0x20, 0x30, 0x38] {
@@ -184,6 +191,62 @@ async fn a_joined_node_learns_the_far_half_of_the_id_space_that_its_own_lookup_n
     }
     x.bootstrap(&[near[0].local_addr()]).await;
     let knows_far = || x.contacts().iter().any(|contact| contact.id == far.id());
+    // A refresh at once would be done by now, on loopback.
+    tokio::time::sleep(far_refresh_delay / 3).await;
+    assert!(!knows_far(), "the far buckets are refreshed only after far_refresh_delay");
+    assert!(eventually(knows_far).await, "x never learned of the far half: {:?}", x.contacts());
+    for node in near.iter().chain([&far, &x]) {
+        node.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn the_far_refresh_goes_around_the_seeds_that_died_since_the_join() {
+    // x joins through two seeds of the upper half, its only contacts there, which die before
+    // its far buckets are refreshed: the refresh must go on through the lower half. With
+    // alpha = 2 the seeds are all the refresh would ask first.
+    let far_refresh_delay = Duration::from_millis(300);
+    let with_id = |first| {
+        start_with(NodeConfig {
+            node_id: Some(id_starting(first)),
+            k: 2,
+            alpha: 2,
+            far_refresh_delay,
+            ..config()
+        })
+    };
+    let far = with_id(0x90).await;
+    let mut near = Vec::new();
+    for first in [0x10, 0x20, 0x30, 0x38] {
+        near.push(with_id(first).await);
+    }
+    let mut seeds = Vec::new();
+    for first in [0xa0, 0xb0] {
+        seeds.push(with_id(first).await);
+    }
+    let contact = |node: &Node| Contact { id: node.id(), addr: node.local_addr() };
+    for node in &near {
+        for other in near.iter().chain([&far]) {
+            node.add_contact(contact(other));
+        }
+    }
+    for seed in &seeds {
+        for other in &near {
+            seed.add_contact(contact(other));
+        }
+    }
+    let x = with_id(0x18).await;
+    for node in &near[1..] {
+        x.add_contact(contact(node));
+    }
+    let seed_addrs: Vec<_> = seeds.iter().map(Node::local_addr).collect();
+    x.bootstrap(&seed_addrs).await;
+    for seed in &seeds {
+        assert!(x.contacts().contains(&contact(seed)), "x joined through every seed");
+        seed.shutdown();
+    }
+    let knows_far = || x.contacts().iter().any(|contact| contact.id == far.id());
+    assert!(!knows_far(), "x met the upper half before its refresh");
     assert!(eventually(knows_far).await, "x never learned of the far half: {:?}", x.contacts());
     for node in near.iter().chain([&far, &x]) {
         node.shutdown();
