@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use kadscale_node::cli::{run, Cli};
 
+// musl's allocator hands freed memory back to the kernel at once: a worker process joining
+// paid about 45 mmap and munmap calls for it, a sixth of its join's CPU. dlmalloc keeps it.
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.runtime() {

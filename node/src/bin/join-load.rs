@@ -104,6 +104,10 @@ struct CapacityArgs {
     ready_timeout_secs: f64,
 }
 
+// The allocator dht-node runs with (see its main.rs).
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The runtime `dht-node worker` runs its node on.
