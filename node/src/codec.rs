@@ -520,9 +520,7 @@ impl<'a> Reader<'a> {
         let ip_field = || format!("{} ip", field());
         let at = self.pos;
         let marker = self.marker_of("str", &ip_field)?;
-        let ip: IpAddr = self
-            .str_after(marker, at)?
-            .parse()
+        let ip = parse_ip(self.str_after(marker, at)?)
             .map_err(|error| DecodeError::field(ip_field(), format!("{error}")))?;
         let port_field = || format!("{} port", field());
         let marker = self.marker_of("int", &port_field)?;
@@ -748,6 +746,31 @@ fn ipv4_text(ip: Ipv4Addr, text: &mut [u8]) -> usize {
         len += 1;
     }
     len
+}
+
+/// Reads an address as [`IpAddr::from_str`] does, the dotted quads of [`ipv4_text`] without
+/// its general parser (a twentieth of a lookup's CPU); anything else goes to that parser.
+fn parse_ip(text: &str) -> Result<IpAddr, std::net::AddrParseError> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split('.');
+    let quad = octets.iter_mut().all(|octet| {
+        let Some(digits) = parts.next() else { return false };
+        let canonical = matches!(digits.len(), 1..=3)
+            && digits.bytes().all(|byte| byte.is_ascii_digit())
+            && (digits.len() == 1 || !digits.starts_with('0'));
+        match digits.parse::<u8>() {
+            Ok(value) if canonical => {
+                *octet = value;
+                true
+            }
+            _ => false,
+        }
+    });
+    if quad && parts.next().is_none() {
+        Ok(IpAddr::V4(Ipv4Addr::from(octets)))
+    } else {
+        text.parse()
+    }
 }
 
 /// Writes an address as the str Python's `str(ip)` gives.
@@ -1063,6 +1086,46 @@ mod tests {
         let mut v6 = Vec::new();
         write_ip(&mut v6, "::1".parse().unwrap());
         assert_eq!(v6, b"\xa3::1");
+    }
+
+    #[test]
+    fn ip_text_is_read_as_the_standard_parser_reads_it() {
+        let mut texts: Vec<String> = [0u8, 7, 10, 99, 100, 255]
+            .into_iter()
+            .map(|octet| Ipv4Addr::new(octet, 1, 255, octet).to_string())
+            .collect();
+        texts.extend(
+            [
+                "",
+                "1",
+                "1.2.3",
+                "1.2.3.4.5",
+                "1..2.3",
+                "1.2.3.",
+                "01.2.3.4",
+                "1.2.3.00",
+                "256.1.1.1",
+                "1.2.3.1000",
+                "+1.2.3.4",
+                " 1.2.3.4",
+                "1.2.3.4 ",
+                "1.2.3.x",
+                "::1",
+                "fe80::1",
+                "::ffff:1.2.3.4",
+                "1.2.3.4:5",
+                "١.2.3.4",
+            ]
+            .map(String::from),
+        );
+        for text in texts {
+            let expected = text.parse::<IpAddr>();
+            match (parse_ip(&text), expected) {
+                (Ok(ip), Ok(expected)) => assert_eq!(ip, expected, "{text:?}"),
+                (Err(_), Err(_)) => {}
+                (got, expected) => panic!("{text:?}: {got:?}, the standard parser {expected:?}"),
+            }
+        }
     }
 
     #[test]

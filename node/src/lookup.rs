@@ -202,8 +202,15 @@ impl Lookup {
         batch
     }
 
+    /// Where `id` is among the candidates: a binary search by distance, since ids at the same
+    /// distance from the target are the same id.
     fn position(&self, id: &NodeId) -> Option<usize> {
-        self.candidates.iter().position(|candidate| candidate.contact.id == *id)
+        self.position_at(id.distance(&self.target)).ok()
+    }
+
+    /// `Ok(index)` of the candidate at `distance`, or `Err(index)` where one would go.
+    fn position_at(&self, distance: Distance) -> Result<usize, usize> {
+        self.candidates.binary_search_by(|candidate| candidate.distance.cmp(&distance))
     }
 
     fn mark_answered(&mut self, from: &NodeId) -> Option<Contact> {
@@ -250,14 +257,16 @@ impl Lookup {
 
     fn merge(&mut self, contacts: impl IntoIterator<Item = Contact>) {
         for contact in contacts {
-            if contact.id == self.own_id
-                || self.failed.contains(&contact.id)
-                || self.position(&contact.id).is_some()
-            {
+            if contact.id == self.own_id {
                 continue;
             }
             let distance = contact.id.distance(&self.target);
-            let index = self.candidates.partition_point(|candidate| candidate.distance <= distance);
+            let Err(index) = self.position_at(distance) else {
+                continue;
+            };
+            if self.failed.contains(&contact.id) {
+                continue;
+            }
             self.candidates.insert(index, Candidate { contact, distance, state: State::Waiting });
         }
         // Never-queried candidates far down the list are forgotten; queried ones are kept so
