@@ -29,7 +29,8 @@ use crate::storage::{Storage, StoreError};
 use crate::transport::{RequestHandler, RpcError, Transport};
 
 /// Answers a kadscale-only procedure: called with the caller's address and the arguments;
-/// `None` sends no answer. Runs on the receive loop, so it must be quick.
+/// `None` sends no answer: the request was a notice. Runs on the receive loop, so it must be
+/// quick.
 pub type ExtensionHandler = Arc<dyn Fn(SocketAddr, Vec<Msgpack>) -> Option<Msgpack> + Send + Sync>;
 
 /// Why a node could not start.
@@ -308,6 +309,17 @@ impl Node {
     ) -> Result<Msgpack, RpcError> {
         let request = Request::Extension { name: name.to_owned(), args };
         self.inner.transport.call(addr, &request, timeout, decode_msgpack).await
+    }
+
+    /// Sends a kadscale-only notice: an extension request whose handler does not answer.
+    pub async fn notify_extension(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        args: Vec<Msgpack>,
+    ) -> Result<(), RpcError> {
+        let request = Request::Extension { name: name.to_owned(), args };
+        self.inner.transport.notify(addr, &request).await
     }
 
     /// Calls a known contact; an answer welcomes it, a failure evicts it from the routing
@@ -737,7 +749,12 @@ impl RequestHandler for Node {
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .get(&name)
                     .cloned()?;
-                handler(from, args).map(Response::Extension)
+                let answer = handler(from, args);
+                if answer.is_none() {
+                    // A notice, served without an answer (the transport counts answered ones).
+                    self.inner.metrics.served_counter(&name).inc();
+                }
+                answer.map(Response::Extension)
             }
         }
     }

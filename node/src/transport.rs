@@ -116,6 +116,17 @@ pub struct Transport {
     closed: AtomicBool,
 }
 
+/// `request` framed under a fresh message id, unless its body is too large to send.
+fn request_datagram(request: &Request) -> Result<(MessageId, Vec<u8>), RpcError> {
+    let id: MessageId = rand::random();
+    let datagram = encode_request(&id, request);
+    let body_size = datagram.len() - 1 - MESSAGE_ID_LEN;
+    if body_size > MAX_REQUEST_BODY {
+        return Err(RpcError::TooLarge { size: body_size });
+    }
+    Ok((id, datagram))
+}
+
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare equal to their IPv4 form.
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
@@ -190,18 +201,24 @@ impl Transport {
         result
     }
 
+    /// Sends `request` to `peer` and expects no answer (a notice): no pending call, no timer.
+    pub async fn notify(&self, peer: SocketAddr, request: &Request) -> Result<(), RpcError> {
+        let (_, datagram) = request_datagram(request)?;
+        let peer = canonical(peer);
+        self.socket
+            .send_to(&datagram, peer)
+            .await
+            .map_err(|source| RpcError::Send { peer, source })?;
+        Ok(())
+    }
+
     async fn call_unrecorded(
         &self,
         peer: SocketAddr,
         request: &Request,
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
-        let id: MessageId = rand::random();
-        let datagram = encode_request(&id, request);
-        let body_size = datagram.len() - 1 - MESSAGE_ID_LEN;
-        if body_size > MAX_REQUEST_BODY {
-            return Err(RpcError::TooLarge { size: body_size });
-        }
+        let (id, datagram) = request_datagram(request)?;
         let (reply, answer) = oneshot::channel();
         {
             let mut pending = self.pending();

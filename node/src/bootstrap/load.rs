@@ -13,8 +13,8 @@ use tokio::time::Instant;
 /// The procedure name carried in the RPC request.
 pub const LOAD_PROCEDURE: &str = "kadscale_load";
 
-/// The kadscale-only notification a worker sends each seed it joined through, args
-/// `[node_id]`, answer `true`: how a bootstrap node counts the joins it served.
+/// The kadscale-only notice a worker sends each seed it joined through, args `[node_id]`,
+/// never answered: how a bootstrap node counts the joins it served.
 pub const JOINED_PROCEDURE: &str = "kadscale_joined";
 
 /// What a bootstrap node says about its own load.

@@ -29,33 +29,30 @@ pub struct NodeProber {
     node: Node,
     /// The id each endpoint answered its last ping with: a join needs contacts, not addresses.
     peer_ids: Mutex<HashMap<SocketAddr, NodeId>>,
-    /// How long the `kadscale_joined` notice to a seed may wait for its answer.
-    notice_timeout: Duration,
 }
 
 impl NodeProber {
-    pub fn new(node: Node, notice_timeout: Duration) -> Self {
-        NodeProber { node, peer_ids: Mutex::new(HashMap::new()), notice_timeout }
+    pub fn new(node: Node) -> Self {
+        NodeProber { node, peer_ids: Mutex::new(HashMap::new()) }
     }
 
     fn own_id_arg(&self) -> Vec<Msgpack> {
         vec![Msgpack::Binary(self.node.id().as_bytes().to_vec())]
     }
 
-    /// Tells each seed it served a join, in the background: Python seeds never answer, and
-    /// the join must not wait for them.
+    /// Tells each seed it served a join, in the background, with a notice that nobody
+    /// answers: Python seeds would not, and the join has nothing to wait for.
     fn notify_seeds(&self, seeds: Vec<SocketAddr>) {
-        for seed in seeds {
-            let node = self.node.clone();
-            let args = self.own_id_arg();
-            let timeout = self.notice_timeout;
-            tokio::spawn(async move {
-                if let Err(error) = node.call_extension(seed, JOINED_PROCEDURE, args, timeout).await
+        let (node, args) = (self.node.clone(), self.own_id_arg());
+        tokio::spawn(async move {
+            for seed in seeds {
+                if let Err(error) =
+                    node.notify_extension(seed, JOINED_PROCEDURE, args.clone()).await
                 {
-                    tracing::debug!(%seed, %error, "kadscale_joined not acknowledged");
+                    tracing::debug!(%seed, %error, "kadscale_joined not sent");
                 }
-            });
-        }
+            }
+        });
     }
 }
 
@@ -140,7 +137,7 @@ pub fn serve_load(node: &Node, tracker: LoadTracker) {
         JOINED_PROCEDURE,
         Arc::new(move |_from, _args| {
             lock(&tracker).record_join(Instant::now());
-            Some(Msgpack::Boolean(true))
+            None
         }),
     );
 }
@@ -162,7 +159,7 @@ pub fn manage_node(
         serve_load(node, args.load_tracker(Instant::now()));
     }
     let config = args.manager_config();
-    let prober = NodeProber::new(node.clone(), config.connection_timeout);
+    let prober = NodeProber::new(node.clone());
     Ok(BootstrapManager::new(
         Arc::new(prober),
         discovery,
@@ -186,6 +183,7 @@ mod tests {
     };
     use crate::bootstrap::selection::SelectionStrategy;
     use crate::config::NodeConfig;
+    use crate::metrics::{DropLabels, DropReason};
 
     const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -232,7 +230,7 @@ mod tests {
         )
         .unwrap();
         let metrics = BootstrapMetrics::register(&mut Registry::default());
-        let prober = NodeProber::new(node.clone(), config.connection_timeout);
+        let prober = NodeProber::new(node.clone());
         BootstrapManager::new(Arc::new(prober), discovery, config, metrics)
     }
 
@@ -369,7 +367,7 @@ mod tests {
             // The kadscale_joined notices travel in the background.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let observer = NodeProber::new(start_node().await, TIMEOUT);
+        let observer = NodeProber::new(start_node().await);
         let served = joins_served(&observer, &all, 100).await;
         let fair_share = 100.0 / 3.0;
         assert!(served.iter().all(|&n| n as f64 <= 1.5 * fair_share), "{served:?}");
@@ -402,7 +400,7 @@ mod tests {
     #[tokio::test]
     async fn workers_join_through_real_bootstrap_nodes_which_count_the_joins() {
         let [first, second] = joined_bootstraps(1).await;
-        let observer = NodeProber::new(start_node().await, TIMEOUT);
+        let observer = NodeProber::new(start_node().await);
         let before = load_of(&observer, &first).await;
         assert_eq!(before.joins_last_minute, 0);
         assert!(!before.overloaded);
@@ -429,9 +427,14 @@ mod tests {
     #[tokio::test]
     async fn least_loaded_reads_real_load_reports() {
         let [busy, idle] = joined_bootstraps(50).await;
-        let announcer = NodeProber::new(start_node().await, TIMEOUT);
+        let announcer = NodeProber::new(start_node().await);
         announcer.notify_seeds(vec![busy.local_addr(); 3]);
         joins_served(&announcer, &[&busy], 3).await;
+        // Notices are served without an answer: one would reach the announcer unawaited.
+        let joined = MethodLabels { method: JOINED_PROCEDURE.into() };
+        assert_eq!(busy.metrics().requests_served.get_or_create(&joined).get(), 3);
+        let unmatched = DropLabels { reason: DropReason::Unmatched };
+        assert_eq!(announcer.node.metrics().datagrams_dropped.get_or_create(&unmatched).get(), 0);
 
         let worker = start_node().await;
         let manager = manager_for(&worker, &[&busy, &idle], SelectionStrategy::LeastLoaded);
@@ -504,7 +507,7 @@ mod tests {
             text.contains("kadscale_bootstrap_join_outcomes_total{outcome=\"joined\"} 1"),
             "{text}"
         );
-        let observer = NodeProber::new(start_node().await, TIMEOUT);
+        let observer = NodeProber::new(start_node().await);
         assert!(
             load_of(&observer, &nodes[0]).await.routing_table_size >= 2,
             "bootstrap nodes serve kadscale_load"
@@ -518,7 +521,7 @@ mod tests {
     async fn a_node_recognises_itself_and_silent_peers_report_nothing() {
         let node = start_node().await;
         let python_like = start_node().await;
-        let prober = NodeProber::new(node.clone(), TIMEOUT);
+        let prober = NodeProber::new(node.clone());
         assert_eq!(prober.ping(node.local_addr(), TIMEOUT).await, Err(ProbeError::IsSelf));
         assert!(prober.ping(python_like.local_addr(), TIMEOUT).await.is_ok());
         assert_eq!(prober.load(python_like.local_addr(), Duration::from_millis(100)).await, None);

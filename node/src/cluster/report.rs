@@ -13,7 +13,7 @@ pub struct BootstrapRow {
     pub index: usize,
     pub addr: SocketAddr,
     pub running: bool,
-    /// `kadscale_joined` notices this incarnation of the node answered: the joins it served.
+    /// `kadscale_joined` notices this incarnation of the node received: the joins it served.
     pub joins_served: u64,
     pub routing_table: usize,
 }
