@@ -177,7 +177,7 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
                 .context("starting a worker")?;
         workers.push((managed, registry));
     }
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = tokio::io::BufReader::new(stdin()?).lines();
     print_line(&json!({"ready": true, "nodes": args.count, "pid": std::process::id()}))?;
     match stdin.next_line().await.context("reading stdin")? {
         Some(line) if line.trim() == "go" => {}
@@ -211,6 +211,18 @@ async fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
         managed.shutdown();
     }
     Ok(())
+}
+
+/// stdin: the driver's pipe, read on the runtime's thread as Python's asyncio reads it, not
+/// through tokio's blocking thread (which `dht-node worker` does not have, and which costs a
+/// worker process context switches in the storm); anything but a pipe, through that thread.
+fn stdin() -> anyhow::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().context("duplicating stdin")?;
+    match tokio::net::unix::pipe::Receiver::from_file(std::fs::File::from(fd)) {
+        Ok(pipe) => Ok(Box::new(pipe)),
+        Err(_) => Ok(Box::new(tokio::io::stdin())),
+    }
 }
 
 /// What happened to one join.
