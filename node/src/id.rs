@@ -9,12 +9,41 @@ use sha1::{Digest, Sha1};
 pub const ID_LEN: usize = 20;
 
 /// A 160-bit node id or key digest. Ordering is that of the big-endian integer.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct NodeId(pub [u8; ID_LEN]);
 
 /// The XOR distance between two ids; ordered like the big-endian integer Python compares.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Distance(pub [u8; ID_LEN]);
+
+/// `bytes` as the big-endian integer they are, in two machine words: lookups and routing
+/// compare ids all the time, and the derived byte-wise order went through `memcmp`.
+fn big_endian(bytes: &[u8; ID_LEN]) -> (u128, u32) {
+    let (high, low) = bytes.split_at(16);
+    (
+        u128::from_be_bytes(high.try_into().expect("16 bytes")),
+        u32::from_be_bytes(low.try_into().expect("4 bytes")),
+    )
+}
+
+/// `Ord` by [`big_endian`], for ids and distances alike.
+macro_rules! ordered_as_big_endian {
+    ($($type:ty),*) => {$(
+        impl Ord for $type {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                big_endian(&self.0).cmp(&big_endian(&other.0))
+            }
+        }
+
+        impl PartialOrd for $type {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+    )*};
+}
+
+ordered_as_big_endian!(NodeId, Distance);
 
 impl NodeId {
     pub const ZERO: NodeId = NodeId([0; ID_LEN]);
@@ -193,6 +222,29 @@ mod tests {
         assert_eq!(a.shared_prefix_len(&a), 160);
         assert_eq!(NodeId::ZERO.shared_prefix_len(&NodeId::MAX), 0);
         assert_eq!(id_from_u128(1).shared_prefix_len(&id_from_u128(0)), 159);
+    }
+
+    #[test]
+    fn ids_and_distances_order_as_their_bytes_do() {
+        // Byte 15 and 16 straddle the two words the comparison reads; 19 is the last.
+        let mut ids = vec![NodeId::ZERO, NodeId::MAX];
+        for byte in [0, 15, 16, 19] {
+            for value in [0x01, 0x80, 0xff] {
+                let mut id = [0u8; ID_LEN];
+                id[byte] = value;
+                ids.push(NodeId(id));
+                id[ID_LEN - 1 - byte] ^= 0x42;
+                ids.push(NodeId(id));
+            }
+        }
+        ids.extend((0..20).map(|_| NodeId::random()));
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0), "{a} against {b}");
+                let (x, y) = (a.distance(&ids[2]), b.distance(&ids[2]));
+                assert_eq!(x.partial_cmp(&y), Some(x.0.cmp(&y.0)), "{a} against {b}");
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! package, plus the tier policy shared with the operator.
 
 pub mod admin;
+pub mod allocator;
 pub mod bootstrap;
 pub mod cli;
 pub mod cluster;

@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use kadscale_node::cli::{run, Cli};
 
-// musl's allocator hands freed memory back to the kernel at once: a worker process joining
-// paid about 45 mmap and munmap calls for it, a sixth of its join's CPU. dlmalloc keeps it.
+// The allocator: see kadscale_node::allocator.
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: kadscale_node::allocator::NodeAllocator = kadscale_node::allocator::NodeAllocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

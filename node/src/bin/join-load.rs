@@ -104,9 +104,9 @@ struct CapacityArgs {
     ready_timeout_secs: f64,
 }
 
-// The allocator dht-node runs with (see its main.rs).
+// The allocator dht-node runs with.
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: kadscale_node::allocator::NodeAllocator = kadscale_node::allocator::NodeAllocator;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
