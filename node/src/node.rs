@@ -447,8 +447,8 @@ impl Node {
     /// answered rather than `k`). Without it, nodes that joined together through seeds in
     /// their own half of the id space can know no node of the other half once the seeds time
     /// out, and then never find a value stored there. Run at once, these lookups were a
-    /// quarter of the CPU a storm of 100 joining workers cost; delayed, they also go around
-    /// seeds that died meanwhile (see [`Node::refresh_buckets`]).
+    /// quarter of the CPU a storm of 100 joining workers cost; seeds dead by the time they run
+    /// do not stop them (see [`Node::refresh_buckets`]).
     pub async fn join(&self, seeds: Vec<Contact>) -> Vec<Contact> {
         let nodes = match self
             .run_lookup(self.id(), LookupKind::FindNode, seeds, self.inner.config.k)
