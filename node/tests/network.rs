@@ -159,45 +159,79 @@ fn id_starting(first: u8) -> kadscale_node::id::NodeId {
     kadscale_node::id::NodeId(id)
 }
 
-#[tokio::test]
-async fn a_joined_node_learns_the_far_half_of_the_id_space_that_its_own_lookup_never_meets() {
-    // With k = 2 every answer holds two contacts, the closest: the lookup of x's own id
-    // (0x18..) meets only nodes of the lower half; only a lookup in x's far bucket asks
-    // about the upper half, where `far` is.
-    let far_refresh_delay = Duration::from_millis(300);
-    let with_id = |first| {
+const FAR_REFRESH_DELAY: Duration = Duration::from_millis(300);
+
+/// Nodes for the far-refresh tests: ids starting with the given bytes, k = 2 (every answer
+/// holds the two closest contacts) and a 300 ms `far_refresh_delay`.
+struct Halves {
+    alpha: usize,
+}
+
+impl Halves {
+    async fn node(&self, first: u8) -> Node {
         start_with(NodeConfig {
             node_id: Some(id_starting(first)),
             k: 2,
-            far_refresh_delay,
+            alpha: self.alpha,
+            far_refresh_delay: FAR_REFRESH_DELAY,
             ..config()
         })
-    };
-    let far = with_id(0x90).await;
-    let mut near = Vec::new();
-    for first in [0x10, 0x20, 0x30, 0x38] {
-        near.push(with_id(first).await);
+        .await
     }
-    let contact = |node: &Node| Contact { id: node.id(), addr: node.local_addr() };
-    for node in &near {
-        for other in near.iter().chain([&far]) {
-            node.add_contact(contact(other));
+
+    /// `far` (0x90..) in the upper half, and four nodes of the lower half that know each
+    /// other and `far`.
+    async fn far_and_near(&self) -> (Node, Vec<Node>) {
+        let far = self.node(0x90).await;
+        let mut near = Vec::new();
+        for first in [0x10, 0x20, 0x30, 0x38] {
+            near.push(self.node(first).await);
         }
+        for node in &near {
+            for other in near.iter().chain([&far]) {
+                node.add_contact(contact_of(other));
+            }
+        }
+        (far, near)
     }
-    let x = with_id(0x18).await;
-    // More contacts than k: x's table splits, so the upper half is a bucket of its own.
-    for node in &near[1..] {
-        x.add_contact(contact(node));
-    }
-    x.bootstrap(&[near[0].local_addr()]).await;
-    let knows_far = || x.contacts().iter().any(|contact| contact.id == far.id());
-    // A refresh at once would be done by now, on loopback.
-    tokio::time::sleep(far_refresh_delay / 3).await;
-    assert!(!knows_far(), "the far buckets are refreshed only after far_refresh_delay");
-    assert!(eventually(knows_far).await, "x never learned of the far half: {:?}", x.contacts());
+}
+
+fn contact_of(node: &Node) -> Contact {
+    Contact { id: node.id(), addr: node.local_addr() }
+}
+
+fn knows(node: &Node, other: &Node) -> bool {
+    node.contacts().iter().any(|contact| contact.id == other.id())
+}
+
+/// Waits (5 s at most) for `x` to have `far` in its routing table, then stops every node.
+async fn learns_of_far_then_stops(x: Node, far: Node, near: Vec<Node>) {
+    assert!(
+        eventually(|| knows(&x, &far)).await,
+        "x never learned of the far half: {:?}",
+        x.contacts()
+    );
     for node in near.iter().chain([&far, &x]) {
         node.shutdown();
     }
+}
+
+#[tokio::test]
+async fn a_joined_node_learns_the_far_half_of_the_id_space_that_its_own_lookup_never_meets() {
+    // The lookup of x's own id (0x18..) meets only nodes of the lower half; only a lookup in
+    // x's far bucket asks about the upper half, where `far` is.
+    let halves = Halves { alpha: 3 };
+    let (far, near) = halves.far_and_near().await;
+    let x = halves.node(0x18).await;
+    // More contacts than k: x's table splits, so the upper half is a bucket of its own.
+    for node in &near[1..] {
+        x.add_contact(contact_of(node));
+    }
+    x.bootstrap(&[near[0].local_addr()]).await;
+    // A refresh at once would be done by now, on loopback.
+    tokio::time::sleep(FAR_REFRESH_DELAY / 3).await;
+    assert!(!knows(&x, &far), "the far buckets are refreshed only after far_refresh_delay");
+    learns_of_far_then_stops(x, far, near).await;
 }
 
 #[tokio::test]
@@ -205,52 +239,28 @@ async fn the_far_refresh_goes_around_the_seeds_that_died_since_the_join() {
     // x joins through two seeds of the upper half, its only contacts there, which die before
     // its far buckets are refreshed: the refresh must go on through the lower half. With
     // alpha = 2 the seeds are all the refresh would ask first.
-    let far_refresh_delay = Duration::from_millis(300);
-    let with_id = |first| {
-        start_with(NodeConfig {
-            node_id: Some(id_starting(first)),
-            k: 2,
-            alpha: 2,
-            far_refresh_delay,
-            ..config()
-        })
-    };
-    let far = with_id(0x90).await;
-    let mut near = Vec::new();
-    for first in [0x10, 0x20, 0x30, 0x38] {
-        near.push(with_id(first).await);
-    }
+    let halves = Halves { alpha: 2 };
+    let (far, near) = halves.far_and_near().await;
     let mut seeds = Vec::new();
     for first in [0xa0, 0xb0] {
-        seeds.push(with_id(first).await);
-    }
-    let contact = |node: &Node| Contact { id: node.id(), addr: node.local_addr() };
-    for node in &near {
-        for other in near.iter().chain([&far]) {
-            node.add_contact(contact(other));
-        }
-    }
-    for seed in &seeds {
+        let seed = halves.node(first).await;
         for other in &near {
-            seed.add_contact(contact(other));
+            seed.add_contact(contact_of(other));
         }
+        seeds.push(seed);
     }
-    let x = with_id(0x18).await;
+    let x = halves.node(0x18).await;
     for node in &near[1..] {
-        x.add_contact(contact(node));
+        x.add_contact(contact_of(node));
     }
     let seed_addrs: Vec<_> = seeds.iter().map(Node::local_addr).collect();
     x.bootstrap(&seed_addrs).await;
     for seed in &seeds {
-        assert!(x.contacts().contains(&contact(seed)), "x joined through every seed");
+        assert!(x.contacts().contains(&contact_of(seed)), "x joined through every seed");
         seed.shutdown();
     }
-    let knows_far = || x.contacts().iter().any(|contact| contact.id == far.id());
-    assert!(!knows_far(), "x met the upper half before its refresh");
-    assert!(eventually(knows_far).await, "x never learned of the far half: {:?}", x.contacts());
-    for node in near.iter().chain([&far, &x]) {
-        node.shutdown();
-    }
+    assert!(!knows(&x, &far), "x met the upper half before its refresh");
+    learns_of_far_then_stops(x, far, near).await;
 }
 
 #[tokio::test]
