@@ -6,7 +6,7 @@
 //! Needs a cluster in KUBECONFIG (`just test-e2e` starts one); skips loudly without one unless
 //! KADSCALE_E2E_REQUIRED is set.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -19,8 +19,10 @@ use kadscale_e2e::dht::{Dht, Observation, MEDIUM_30, SETTLE_TIMEOUT, SMALL_10};
 use kadscale_e2e::scenario::{Scenario, LEASE_TIMEOUT};
 use kadscale_e2e::wait::{until, Check};
 use kadscale_operator::crd::DhtCluster;
+use kadscale_operator::status;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -205,7 +207,8 @@ async fn a_cluster_edited_while_the_operator_is_down_converges_when_it_starts() 
 
 /// The API server refuses every field outside its schema range (each minimum, maximum and enum
 /// the CRD declares under spec, found by walking the installed CRD's schema), every pattern
-/// and every cross-field (CEL) rule, naming the field; through the scale subresource too.
+/// and every cross-field (CEL) rule, naming the field; through the scale subresource too. And
+/// the status of a cluster deleted since it was read is written without an error or an event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_out_of_range_field_is_refused_naming_it() -> Result<()> {
     let Some(scenario) = Scenario::start("refused").await? else { return Ok(()) };
@@ -331,6 +334,24 @@ async fn every_out_of_range_field_is_refused_naming_it() -> Result<()> {
         other => bail!("scaling to -1 must be refused, got {other:?}"),
     }
     assert_eq!(typed.get("valid").await?.spec.workers.replicas, 3);
+
+    // Deleted between the operator's read and its status write (a user deleting a cluster mid
+    // reconcile): the write is no error, so no retry warns about it, and no event is published.
+    let read = typed.get("valid").await?;
+    typed.delete("valid", &DeleteParams::default()).await?;
+    let client = scenario.client.clone();
+    let reporter = Reporter { controller: "e2e-status-write".into(), instance: None };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let next =
+        status::degraded(None, Some(1), "InvalidSpec", "a change to tell", SystemTime::now());
+    status::write(&typed, &recorder, &read, &next)
+        .await
+        .context("writing the status of a deleted DhtCluster must not fail")?;
+    let about = "involvedObject.kind=DhtCluster,involvedObject.name=valid";
+    let events = Api::<Event>::namespaced(client, scenario.namespace())
+        .list(&ListParams::default().fields(about))
+        .await?;
+    ensure!(events.items.is_empty(), "events about a deleted cluster: {:?}", events.items);
     Ok(())
 }
 

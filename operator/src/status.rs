@@ -343,7 +343,9 @@ fn condition_message(status: &DhtClusterStatus, type_: &str) -> String {
 }
 
 /// Writes `next` to the status subresource (server-side apply, the operator's field manager)
-/// unless it equals `previous`, then publishes the events the change deserves.
+/// unless it equals `previous`, then publishes the events the change deserves. A cluster
+/// deleted since it was read has no status to write and nothing to tell: that is no error,
+/// which would only retry, fail again and warn.
 pub async fn write(
     api: &Api<DhtCluster>,
     recorder: &Recorder,
@@ -358,9 +360,14 @@ pub async fn write(
             "kind": DhtCluster::kind(&()),
             "status": next,
         });
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(|source| ApiError::new("patch status of", "DhtCluster", &name, source))?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(&name, &params, &Patch::Apply(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+            Err(source) => {
+                return Err(ApiError::new("patch status of", "DhtCluster", &name, source))
+            }
+        }
     }
     let reference = cluster.object_ref(&());
     for notice in notices(previous, next) {
