@@ -222,10 +222,10 @@ def markdown(report, svg_link):
         "node costs the host, and the PSS of all nodes adds up to their memory together. Anon "
         "(RssAnon): heap and stacks alone, what a node costs beyond any shared page. Contacts per "
         "worker: the mean routing-table size when the worker process reported (a node knowing more "
-        f"of the network holds more). CPU seconds are those of every process of the run from `go` "
-        f"to the last join, then to {SETTLE_SECS:.0f} s after it, the memory is read then too: "
-        "dht-node looks up contacts for its far buckets 1 to 2 s after its join, which Python "
-        f"never does. {binaries_note()}",
+        f"of the network holds more). CPU seconds: every process of the run's, from `go` to the "
+        f"last join and again to {SETTLE_SECS:.0f} s after it, when the memory is read too "
+        "(dht-node looks up contacts for its far buckets 1 to 2 s after its join, which Python "
+        f"never does). {binaries_note()}",
         "",
         "| workers | bootstrap nodes (tier) | nodes per worker process | system | all joined after "
         "| join p50 | join p99 | failed joins | CPU s bootstrap + workers "
