@@ -202,18 +202,16 @@ impl Metrics {
         self.rpc_calls.get_or_create(&CallLabels { method, outcome }).inc();
     }
 
-    /// The counter of requests served for `method`: taken before the request is handled
-    /// (which consumes it), bumped once it was answered.
-    pub fn served_counter(&self, method: &str) -> Cow<'_, Counter> {
+    /// Counts a request served for `method` (answered, or a notice taken).
+    pub fn served(&self, method: &str) {
         match self.served_by_procedure.iter().find(|(name, _)| *name == method) {
-            Some((_, counter)) => Cow::Borrowed(counter),
+            Some((_, counter)) => counter.inc(),
             // Not one of the protocol's procedures: its label is owned.
-            None => Cow::Owned(
-                self.requests_served
-                    .get_or_create(&MethodLabels { method: Cow::Owned(method.to_owned()) })
-                    .clone(),
-            ),
-        }
+            None => self
+                .requests_served
+                .get_or_create(&MethodLabels { method: Cow::Owned(method.to_owned()) })
+                .inc(),
+        };
     }
 
     pub fn lookup_finished(&self, kind: &'static str, outcome: &'static str) {
@@ -223,7 +221,7 @@ impl Metrics {
 
 /// `method` as a label: borrowed for the protocol's procedures, so that counting a call to
 /// one of them allocates nothing.
-fn method_label(method: &str) -> Cow<'static, str> {
+pub(crate) fn method_label(method: &str) -> Cow<'static, str> {
     match PROCEDURES.iter().find(|known| **known == method) {
         Some(known) => Cow::Borrowed(known),
         None => Cow::Owned(method.to_owned()),
@@ -243,8 +241,8 @@ mod tests {
         metrics.dropped(DropReason::Unmatched);
         metrics.call_finished("ping", Outcome::Ok, Some(0.002));
         metrics.call_finished("ping", Outcome::Timeout, None);
-        metrics.served_counter("find_node").inc();
-        metrics.served_counter("kadscale_load").inc();
+        metrics.served("find_node");
+        metrics.served("kadscale_load");
         metrics.lookup_finished("find_value", "found");
         metrics.routing_table_contacts.set(12);
         assert_eq!(metrics.malformed_total(), 2);

@@ -26,7 +26,7 @@ use crate::lookup::{Lookup, LookupKind, LookupOutcome};
 use crate::metrics::Metrics;
 use crate::routing::{Insert, RoutingTable};
 use crate::storage::{Storage, StoreError};
-use crate::transport::{RequestHandler, RpcError, Transport};
+use crate::transport::{Handled, RequestHandler, RpcError, Transport};
 
 /// Answers a kadscale-only procedure: called with the caller's address and the arguments;
 /// `None` sends no answer: the request was a notice. Runs on the receive loop, so it must be
@@ -714,13 +714,13 @@ impl Node {
 }
 
 impl RequestHandler for Node {
-    fn handle(&self, from: SocketAddr, request: Request) -> Option<Response> {
+    fn handle(&self, from: SocketAddr, request: Request) -> Handled {
         if let Some(sender) = request.sender() {
             self.welcome_if_new(Contact { id: sender, addr: from }, Address::Claimed);
         }
         match request {
-            Request::Stun => Some(Response::Stun(from)),
-            Request::Ping { .. } => Some(Response::Ping(self.id())),
+            Request::Stun => Handled::Answer(Response::Stun(from)),
+            Request::Ping { .. } => Handled::Answer(Response::Ping(self.id())),
             Request::Store { key, value, .. } => {
                 let now = Instant::now();
                 let (was_new, stored) = self.with_storage(|storage| {
@@ -732,15 +732,17 @@ impl RequestHandler for Node {
                     Ok(()) if was_new => self.pass_on_closer(key, value, from),
                     Ok(()) => {}
                 }
-                Some(Response::Stored(stored.is_ok()))
+                Handled::Answer(Response::Stored(stored.is_ok()))
             }
-            Request::FindNode { key, .. } => Some(Response::Nodes(self.answer_nodes(&key, from))),
-            Request::FindValue { key, .. } => {
+            Request::FindNode { key, .. } => {
+                Handled::Answer(Response::Nodes(self.answer_nodes(&key, from)))
+            }
+            Request::FindValue { key, .. } => Handled::Answer(
                 match self.with_storage(|storage| storage.get(&key, Instant::now())) {
-                    Some(value) => Some(Response::FoundValue(value)),
-                    None => Some(Response::Nodes(self.answer_nodes(&key, from))),
-                }
-            }
+                    Some(value) => Response::FoundValue(value),
+                    None => Response::Nodes(self.answer_nodes(&key, from)),
+                },
+            ),
             Request::Extension { name, args } => {
                 let handler = self
                     .inner
@@ -748,13 +750,12 @@ impl RequestHandler for Node {
                     .read()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .get(&name)
-                    .cloned()?;
-                let answer = handler(from, args);
-                if answer.is_none() {
-                    // A notice, served without an answer (the transport counts answered ones).
-                    self.inner.metrics.served_counter(&name).inc();
+                    .cloned();
+                match handler.map(|handler| handler(from, args)) {
+                    Some(Some(answer)) => Handled::Answer(Response::Extension(answer)),
+                    Some(None) => Handled::Silently,
+                    None => Handled::Unknown,
                 }
-                answer.map(Response::Extension)
             }
         }
     }

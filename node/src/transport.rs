@@ -20,7 +20,7 @@ use crate::codec::{
     Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN, REQUEST,
 };
 use crate::config::NodeConfig;
-use crate::metrics::{DropReason, Metrics, Outcome};
+use crate::metrics::{method_label, DropReason, Metrics, Outcome};
 use crate::rate_limit::SourceLimits;
 
 /// Largest datagram read; UDP payloads cannot be larger.
@@ -92,8 +92,19 @@ pub enum RpcError {
 
 /// Answers incoming requests. Runs on the receive loop, so it must not block.
 pub trait RequestHandler: Send + Sync {
-    /// The response to send back to `from`, or `None` to stay silent (unknown procedures).
-    fn handle(&self, from: SocketAddr, request: Request) -> Option<Response>;
+    /// What to do about `request` from `from`.
+    fn handle(&self, from: SocketAddr, request: Request) -> Handled;
+}
+
+/// How a [`RequestHandler`] took a request.
+#[derive(Debug)]
+pub enum Handled {
+    /// Served; this goes back to the caller.
+    Answer(Response),
+    /// Served, and not answered: the request was a notice.
+    Silently,
+    /// A procedure the handler does not know: not served, not answered (as Python does).
+    Unknown,
 }
 
 struct PendingCall {
@@ -332,11 +343,18 @@ impl Transport {
         }
         match decode_datagram(datagram) {
             Ok(Datagram::Request { id, request }) => {
-                let served = self.metrics.served_counter(request.method());
-                let Some(response) = handler.handle(from, request) else {
+                // The name outlives the request the handler takes. Only what the handler
+                // served is counted: a series per made-up name would grow without bound.
+                let method = method_label(request.method());
+                let response = match handler.handle(from, request) {
+                    Handled::Answer(response) => Some(response),
+                    Handled::Silently => None,
+                    Handled::Unknown => return false,
+                };
+                self.metrics.served(&method);
+                let Some(response) = response else {
                     return false;
                 };
-                served.inc();
                 write_response(answer, &id, &response);
                 limits.charge_answer(from, answer.len(), now);
                 true
@@ -430,8 +448,8 @@ mod tests {
     struct Pong;
 
     impl RequestHandler for Pong {
-        fn handle(&self, _: SocketAddr, _: Request) -> Option<Response> {
-            Some(Response::Ping(crate::id::NodeId([7; 20])))
+        fn handle(&self, _: SocketAddr, _: Request) -> Handled {
+            Handled::Answer(Response::Ping(crate::id::NodeId([7; 20])))
         }
     }
 
@@ -472,7 +490,7 @@ mod tests {
     struct SlowPong;
 
     impl RequestHandler for SlowPong {
-        fn handle(&self, from: SocketAddr, request: Request) -> Option<Response> {
+        fn handle(&self, from: SocketAddr, request: Request) -> Handled {
             let until = Instant::now() + Duration::from_micros(100);
             while Instant::now() < until {
                 std::hint::spin_loop();

@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kadscale_node::codec::{
-    decode_msgpack, encode_request, ping_answer, store_answer, Request, Response, Value,
-    MESSAGE_ID_LEN,
+    decode_msgpack, encode_request, ping_answer, store_answer, Request, Value, MESSAGE_ID_LEN,
 };
 use kadscale_node::config::NodeConfig;
 use kadscale_node::id::NodeId;
 use kadscale_node::metrics::Metrics;
 use kadscale_node::node::Node;
-use kadscale_node::transport::{RequestHandler, RpcError, Transport};
+use kadscale_node::transport::{Handled, RequestHandler, RpcError, Transport};
 use prometheus_client::registry::Registry;
 use rand::{Rng, RngCore};
 use tokio::net::UdpSocket;
@@ -56,8 +55,8 @@ const KNOWN_PEERS: usize = 16;
 struct Silent;
 
 impl RequestHandler for Silent {
-    fn handle(&self, _: SocketAddr, _: Request) -> Option<Response> {
-        None
+    fn handle(&self, _: SocketAddr, _: Request) -> Handled {
+        Handled::Unknown
     }
 }
 

@@ -128,3 +128,37 @@ async fn hostile_datagrams_are_counted_and_dropped_and_the_node_still_answers() 
     node.shutdown();
     pinger.shutdown();
 }
+
+/// Procedures the node does not know are not answered, and their made-up names leave nothing
+/// behind: a series per name would grow the metrics without bound.
+#[tokio::test]
+async fn made_up_procedures_are_not_answered_and_leave_no_series_behind() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let node = Node::start(
+        "127.0.0.1:0".parse().unwrap(),
+        NodeConfig::default(),
+        Metrics::new(&mut registry),
+    )
+    .await
+    .unwrap();
+    let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..200 {
+        let datagram = request_datagram(&call(&format!("made_up_{i}"), vec![Msgpack::from(i)]));
+        attacker.send_to(&datagram, node.local_addr()).await.unwrap();
+    }
+    // A ping sent after them is answered after they were all handled.
+    let pinger =
+        Node::start("127.0.0.1:0".parse().unwrap(), NodeConfig::default(), Metrics::unregistered())
+            .await
+            .unwrap();
+    assert_eq!(pinger.ping(node.local_addr(), Duration::from_secs(2)).await.unwrap(), node.id());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(!text.contains("made_up_"), "series for made-up procedures:\n{text}");
+    let mut buffer = [0u8; 64];
+    let silence =
+        tokio::time::timeout(Duration::from_millis(300), attacker.recv_from(&mut buffer)).await;
+    assert!(silence.is_err(), "the node answered a made-up procedure");
+    node.shutdown();
+    pinger.shutdown();
+}
