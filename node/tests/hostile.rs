@@ -22,6 +22,14 @@ fn call(name: &str, args: Vec<Msgpack>) -> Msgpack {
     Msgpack::Array(vec![Msgpack::from(name), Msgpack::Array(args)])
 }
 
+/// Nothing comes back to `socket` within 300 ms: none of `what` it sent drew an answer.
+async fn assert_unanswered(socket: &UdpSocket, what: &str) {
+    let mut buffer = [0u8; 64];
+    let silence =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buffer)).await;
+    assert!(silence.is_err(), "the node answered {what}");
+}
+
 /// Datagrams that every decoder path must refuse.
 fn malformed_datagrams() -> Vec<Vec<u8>> {
     let id20 = Msgpack::Binary(vec![1; 20]);
@@ -120,11 +128,7 @@ async fn hostile_datagrams_are_counted_and_dropped_and_the_node_still_answers() 
         "only {dropped} of {} malformed datagrams were counted",
         malformed.len()
     );
-    // None of the malformed requests drew an answer.
-    let mut buffer = [0u8; 64];
-    let silence =
-        tokio::time::timeout(Duration::from_millis(300), attacker.recv_from(&mut buffer)).await;
-    assert!(silence.is_err(), "the node answered a malformed datagram");
+    assert_unanswered(&attacker, "a malformed datagram").await;
     node.shutdown();
     pinger.shutdown();
 }
@@ -155,10 +159,7 @@ async fn made_up_procedures_are_not_answered_and_leave_no_series_behind() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(!text.contains("made_up_"), "series for made-up procedures:\n{text}");
-    let mut buffer = [0u8; 64];
-    let silence =
-        tokio::time::timeout(Duration::from_millis(300), attacker.recv_from(&mut buffer)).await;
-    assert!(silence.is_err(), "the node answered a made-up procedure");
+    assert_unanswered(&attacker, "a made-up procedure").await;
     node.shutdown();
     pinger.shutdown();
 }
