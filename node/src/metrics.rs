@@ -99,7 +99,7 @@ pub struct Metrics {
     pub rpc_calls: Family<CallLabels, Counter>,
     /// Latency of outgoing calls that were answered, by procedure.
     pub rpc_latency: Family<MethodLabels, Histogram>,
-    /// Incoming requests answered, by procedure.
+    /// Incoming requests served (answered, or notices taken), by procedure.
     pub requests_served: Family<MethodLabels, Counter>,
     pub routing_table_contacts: Gauge,
     pub stored_values: Gauge,
@@ -149,7 +149,7 @@ impl Metrics {
         );
         registry.register(
             "requests_served",
-            "Incoming RPC requests answered, by procedure",
+            "Incoming RPC requests served (answered, or notices taken), by procedure",
             metrics.requests_served.clone(),
         );
         registry.register(
