@@ -266,14 +266,18 @@ impl Lookup {
     /// sorted first and woven in from the back in one pass: inserting each on its own moved
     /// the whole tail of the list once per contact, a twentieth of a joining node's CPU.
     fn merge(&mut self, mut contacts: Vec<Contact>) {
-        contacts.retain(|contact| {
-            contact.id != self.own_id
-                && self.position(&contact.id).is_none()
-                && !self.failed.contains(&contact.id)
-        });
         let target = self.target;
         contacts.sort_unstable_by_key(|contact| contact.id.distance(&target));
         contacts.dedup_by_key(|contact| contact.id);
+        // Known ones are found by walking the candidates alongside, both sorted.
+        let mut known = self.candidates.iter().map(|candidate| candidate.distance).peekable();
+        contacts.retain(|contact| {
+            let distance = contact.id.distance(&target);
+            while known.next_if(|known| *known < distance).is_some() {}
+            known.peek() != Some(&distance)
+                && contact.id != self.own_id
+                && !self.failed.contains(&contact.id)
+        });
         // Grown by the new candidates first (as placeholders), then filled from the back.
         let mut old = self.candidates.len();
         self.candidates
