@@ -115,8 +115,10 @@ pub enum Insert {
 /// What [`Bucket::add`] did with a contact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BucketAdd {
-    /// In the bucket proper (new or refreshed).
-    Placed,
+    /// New in the bucket proper.
+    Added,
+    /// Already in the bucket proper: now its most recently seen.
+    Refreshed,
     /// The bucket holds k contacts; the contact waits in the replacement cache.
     Full,
     /// The contact's IP already holds its share of the bucket; the contact waits in the
@@ -170,7 +172,7 @@ impl Bucket {
             // a known id from elsewhere cannot redirect it (Python ignores it too).
             let known = self.contacts.remove(index);
             self.contacts.push(known);
-            return BucketAdd::Placed;
+            return BucketAdd::Refreshed;
         }
         let source = source_of(&contact.addr);
         let mut same_source = self.contacts.iter().filter(|known| source_of(&known.addr) == source);
@@ -184,7 +186,7 @@ impl Bucket {
             // It may have waited as a replacement under an address that had no room.
             self.replacements.retain(|known| known.id != contact.id);
             self.contacts.push(contact);
-            return BucketAdd::Placed;
+            return BucketAdd::Added;
         }
         self.wait_as_replacement(contact, limits);
         BucketAdd::Full
@@ -303,16 +305,17 @@ impl RoutingTable {
         if contact.id == self.own_id {
             return Insert::OwnId;
         }
-        let was_known = !self.is_new(&contact.id);
+        let (now, mut split) = (Instant::now(), false);
         loop {
             let index = self.bucket_index(&contact.id);
             let limits = self.limits;
             let bucket = &mut self.buckets[index];
-            bucket.last_touched = Instant::now();
+            bucket.last_touched = now;
             match bucket.add(contact, limits) {
-                BucketAdd::Placed => {
-                    return if was_known { Insert::Refreshed } else { Insert::Added };
-                }
+                BucketAdd::Added => return Insert::Added,
+                // After a split: the contact this call left in the replacement cache, now placed.
+                BucketAdd::Refreshed if split => return Insert::Added,
+                BucketAdd::Refreshed => return Insert::Refreshed,
                 // No split: one address must not make buckets split that others did not fill.
                 BucketAdd::SourceFull { least_recent } => {
                     return Insert::BucketFull { least_recent }
@@ -326,6 +329,7 @@ impl RoutingTable {
                 return Insert::BucketFull { least_recent: bucket.contacts[0] };
             }
             self.split(index);
+            split = true;
         }
     }
 
@@ -811,7 +815,7 @@ mod tests {
         ]
         .map(|(ip, port)| contact_at(NodeId::random(), ip, port));
         for placed in [a1, a2, b1, c1] {
-            assert_eq!(bucket.add(placed, limits), BucketAdd::Placed);
+            assert_eq!(bucket.add(placed, limits), BucketAdd::Added);
         }
         assert_eq!(bucket.add(d1, limits), BucketAdd::Full);
         assert_eq!(bucket.add(a3, limits), BucketAdd::SourceFull { least_recent: a1 });
