@@ -398,6 +398,7 @@ enum Kind {
 }
 
 impl Kind {
+    #[inline]
     fn of(marker: u8) -> Kind {
         match marker {
             0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => Kind::Int,

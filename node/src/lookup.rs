@@ -267,7 +267,16 @@ impl Lookup {
     /// the whole tail of the list once per contact, a twentieth of a joining node's CPU.
     fn merge(&mut self, mut contacts: Vec<Contact>) {
         let target = self.target;
-        contacts.sort_unstable_by_key(|contact| contact.id.distance(&target));
+        // Honest peers answer closest first: then the sort is skipped, and so is computing
+        // each distance twice for it.
+        let mut previous = None;
+        let sorted = contacts.iter().all(|contact| {
+            let distance = contact.id.distance(&target);
+            previous.replace(distance).is_none_or(|previous| previous <= distance)
+        });
+        if !sorted {
+            contacts.sort_unstable_by_key(|contact| contact.id.distance(&target));
+        }
         contacts.dedup_by_key(|contact| contact.id);
         // Known ones are found by walking the candidates alongside, both sorted.
         let mut known = self.candidates.iter().map(|candidate| candidate.distance).peekable();

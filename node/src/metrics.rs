@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt::{self, Write};
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -108,6 +109,16 @@ pub struct Metrics {
     /// `requests_served` of the protocol's own procedures, looked up once: the receive path
     /// then counts without building a label and hashing it.
     served_by_procedure: [(&'static str, Counter); PROCEDURES.len()],
+    /// `rpc_calls` and `rpc_call_duration_seconds` of the protocol's own procedures, each
+    /// series looked up on its first use and kept (shared by the clones), for the same reason.
+    calls_by_procedure: Arc<[ProcedureCalls; PROCEDURES.len()]>,
+}
+
+/// The call series of one procedure, in [`Outcome`] order, and its latency.
+#[derive(Default)]
+struct ProcedureCalls {
+    by_outcome: [OnceLock<Counter>; 3],
+    latency: OnceLock<Histogram>,
 }
 
 /// The procedures of the Python protocol.
@@ -135,6 +146,7 @@ impl Metrics {
             datagrams_dropped: Family::default(),
             lookups: Family::default(),
             served_by_procedure,
+            calls_by_procedure: Arc::default(),
         };
         let registry = registry.sub_registry_with_prefix("dht");
         registry.register(
@@ -193,13 +205,26 @@ impl Metrics {
     }
 
     pub fn call_finished(&self, method: &str, outcome: Outcome, seconds: Option<f64>) {
-        let method = method_label(method);
-        if let Some(seconds) = seconds {
-            self.rpc_latency
-                .get_or_create(&MethodLabels { method: method.clone() })
-                .observe(seconds);
+        let latency = |method| self.rpc_latency.get_or_create(&MethodLabels { method }).clone();
+        let calls = |method| self.rpc_calls.get_or_create(&CallLabels { method, outcome }).clone();
+        match PROCEDURES.iter().position(|known| *known == method) {
+            Some(index) => {
+                let cached = &self.calls_by_procedure[index];
+                let method = Cow::Borrowed(PROCEDURES[index]);
+                if let Some(seconds) = seconds {
+                    cached.latency.get_or_init(|| latency(method.clone())).observe(seconds);
+                }
+                cached.by_outcome[outcome as usize].get_or_init(|| calls(method)).inc();
+            }
+            // Not one of the protocol's procedures: its labels are owned, and not kept.
+            None => {
+                let method: Cow<'static, str> = Cow::Owned(method.to_owned());
+                if let Some(seconds) = seconds {
+                    latency(method.clone()).observe(seconds);
+                }
+                calls(method).inc();
+            }
         }
-        self.rpc_calls.get_or_create(&CallLabels { method, outcome }).inc();
     }
 
     /// Counts a request served for `method` (answered, or a notice taken).
@@ -240,7 +265,10 @@ mod tests {
         metrics.dropped(DropReason::TooShort);
         metrics.dropped(DropReason::Unmatched);
         metrics.call_finished("ping", Outcome::Ok, Some(0.002));
+        // A clone counts into the same series (the second call takes the kept handles).
+        metrics.clone().call_finished("ping", Outcome::Ok, Some(0.004));
         metrics.call_finished("ping", Outcome::Timeout, None);
+        metrics.call_finished("kadscale_load", Outcome::Ok, Some(0.001));
         metrics.served("find_node");
         metrics.served("kadscale_load");
         metrics.lookup_finished("find_value", "found");
@@ -251,7 +279,10 @@ mod tests {
         for expected in [
             "dht_datagrams_dropped_total{reason=\"malformed\"} 1",
             "dht_rpc_calls_total{method=\"ping\",outcome=\"timeout\"} 1",
-            "dht_rpc_call_duration_seconds_count{method=\"ping\"} 1",
+            "dht_rpc_calls_total{method=\"ping\",outcome=\"ok\"} 2",
+            "dht_rpc_call_duration_seconds_count{method=\"ping\"} 2",
+            "dht_rpc_calls_total{method=\"kadscale_load\",outcome=\"ok\"} 1",
+            "dht_rpc_call_duration_seconds_count{method=\"kadscale_load\"} 1",
             "dht_requests_served_total{method=\"find_node\"} 1",
             "dht_requests_served_total{method=\"kadscale_load\"} 1",
             "dht_requests_served_total{method=\"store\"} 0",
