@@ -12,7 +12,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,6 +26,8 @@ use rand::SeedableRng;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::metrics::encode_metric;
 
 use super::backoff::Backoff;
 use super::discovery::{merge, Discovery, PoolChange, Resolve};
@@ -213,66 +218,10 @@ impl BootstrapMetrics {
             // bootstrap node is down.
             join_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         };
-        let r = registry.sub_registry_with_prefix("kadscale_bootstrap");
-        r.register("endpoints", "Bootstrap endpoints in the pool", metrics.endpoints.clone());
-        r.register(
-            "endpoint_healthy",
-            "1 while the endpoint is healthy (fewer consecutive failures than the threshold)",
-            metrics.endpoint_healthy.clone(),
-        );
-        r.register(
-            "endpoint_consecutive_failures",
-            "Pings and join pings the endpoint failed in a row",
-            metrics.endpoint_consecutive_failures.clone(),
-        );
-        r.register_with_unit(
-            "endpoint_rtt",
-            "Round-trip time of the endpoint's last answered ping",
-            Unit::Seconds,
-            metrics.endpoint_rtt.clone(),
-        );
-        r.register(
-            "endpoint_reported_joins_last_minute",
-            "Joins the endpoint reported serving in the last minute (kadscale_load)",
-            metrics.reported_joins_last_minute.clone(),
-        );
-        r.register(
-            "endpoint_reported_routing_table_size",
-            "Routing-table size the endpoint reported (kadscale_load)",
-            metrics.reported_routing_table_size.clone(),
-        );
-        r.register(
-            "endpoint_reported_requests_per_second",
-            "Requests per second the endpoint reported (kadscale_load)",
-            metrics.reported_requests_per_second.clone(),
-        );
-        r.register(
-            "endpoint_reported_overloaded",
-            "1 when the endpoint reported itself above its join limit (kadscale_load)",
-            metrics.reported_overloaded.clone(),
-        );
-        r.register(
-            "selections",
-            "Endpoint selections for joins, by strategy",
-            metrics.selections.clone(),
-        );
-        r.register("join_attempts", "Join attempts", metrics.join_attempts.clone());
-        r.register(
-            "join_outcomes",
-            "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers)",
-            metrics.join_outcomes.clone(),
-        );
-        r.register(
-            "join_pings",
-            "Endpoint pings during join attempts, by endpoint and outcome",
-            metrics.join_pings.clone(),
-        );
-        r.register_with_unit(
-            "join_duration",
-            "Time from the first attempt of a join to the routing table holding peers",
-            Unit::Seconds,
-            metrics.join_duration.clone(),
-        );
+        // One collector, as the node's metrics (`metrics::Metrics::new` says why).
+        registry
+            .sub_registry_with_prefix("kadscale_bootstrap")
+            .register_collector(Box::new(metrics.clone()));
         metrics
     }
 
@@ -312,6 +261,49 @@ impl BootstrapMetrics {
         for outcome in PING_OUTCOMES {
             self.join_pings.remove(&EndpointOutcomeLabels { endpoint: labels.endpoint, outcome });
         }
+    }
+}
+
+impl Collector for BootstrapMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let encoder = &mut encoder;
+        let seconds = Some(&Unit::Seconds);
+        encode_metric(
+            encoder,
+            "endpoints",
+            "Bootstrap endpoints in the pool.",
+            None,
+            &self.endpoints,
+        )?;
+        let help =
+            "1 while the endpoint is healthy (fewer consecutive failures than the threshold).";
+        encode_metric(encoder, "endpoint_healthy", help, None, &self.endpoint_healthy)?;
+        let help = "Pings and join pings the endpoint failed in a row.";
+        let failures = &self.endpoint_consecutive_failures;
+        encode_metric(encoder, "endpoint_consecutive_failures", help, None, failures)?;
+        let help = "Round-trip time of the endpoint's last answered ping.";
+        encode_metric(encoder, "endpoint_rtt", help, seconds, &self.endpoint_rtt)?;
+        let help = "Joins the endpoint reported serving in the last minute (kadscale_load).";
+        let joins = &self.reported_joins_last_minute;
+        encode_metric(encoder, "endpoint_reported_joins_last_minute", help, None, joins)?;
+        let help = "Routing-table size the endpoint reported (kadscale_load).";
+        let size = &self.reported_routing_table_size;
+        encode_metric(encoder, "endpoint_reported_routing_table_size", help, None, size)?;
+        let help = "Requests per second the endpoint reported (kadscale_load).";
+        let rate = &self.reported_requests_per_second;
+        encode_metric(encoder, "endpoint_reported_requests_per_second", help, None, rate)?;
+        let help = "1 when the endpoint reported itself above its join limit (kadscale_load).";
+        let overloaded = &self.reported_overloaded;
+        encode_metric(encoder, "endpoint_reported_overloaded", help, None, overloaded)?;
+        let help = "Endpoint selections for joins, by strategy.";
+        encode_metric(encoder, "selections", help, None, &self.selections)?;
+        encode_metric(encoder, "join_attempts", "Join attempts.", None, &self.join_attempts)?;
+        let help = "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).";
+        encode_metric(encoder, "join_outcomes", help, None, &self.join_outcomes)?;
+        let help = "Endpoint pings during join attempts, by endpoint and outcome.";
+        encode_metric(encoder, "join_pings", help, None, &self.join_pings)?;
+        let help = "Time from the first attempt of a join to the routing table holding peers.";
+        encode_metric(encoder, "join_duration", help, seconds, &self.join_duration)
     }
 }
 
