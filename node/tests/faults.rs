@@ -506,8 +506,9 @@ async fn every_worker_joins_with_a_tenth_of_datagrams_lost() {
 /// call of its own to it fails, and these workers make none) and hand them out, until some
 /// worker's closest contacts to a key are all gone and its client finds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: 2 to 16 of 6,000 reads missed in each of 4 runs; workers hand out the \
-            contacts of clients that left; the fix belongs to the routing table (node.rs, routing.rs)"]
+#[ignore = "failed 4 of 4 runs when written (2 to 16 of 6,000 reads missed); passed 10 of 10 on \
+            2026-11-26 with no change aimed at it, and workers still hand out the contacts of \
+            clients that left: kept out of CI until the routing table drops those (node.rs, routing.rs)"]
 async fn every_value_is_found_while_clients_come_and_go() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let logs = LogDir::new("faults-churn");
