@@ -215,38 +215,62 @@ impl Metrics {
 }
 
 impl Collector for Metrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let encoder = &mut encoder;
-        let help = "Outgoing RPC calls by procedure and outcome.";
-        encode_metric(encoder, "rpc_calls", help, None, &self.rpc_calls)?;
-        let help = "Time until an outgoing RPC call was answered, by procedure.";
-        encode_metric(encoder, "rpc_call_duration_seconds", help, None, &self.rpc_latency)?;
-        let help = "Incoming RPC requests served (answered, or notices taken), by procedure.";
-        encode_metric(encoder, "requests_served", help, None, &self.requests_served)?;
-        let help = "Contacts in the routing table's buckets.";
-        encode_metric(encoder, "routing_table_contacts", help, None, &self.routing_table_contacts)?;
-        let help = "Values held in local storage.";
-        encode_metric(encoder, "stored_values", help, None, &self.stored_values)?;
-        let help = "Datagrams dropped unprocessed, by reason (malformed, unmatched, ...).";
-        encode_metric(encoder, "datagrams_dropped", help, None, &self.datagrams_dropped)?;
-        let help = "Iterative lookups by kind and outcome.";
-        encode_metric(encoder, "lookups", help, None, &self.lookups)
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        encode_all(
+            encoder,
+            [
+                (
+                    "rpc_calls",
+                    "Outgoing RPC calls by procedure and outcome.",
+                    None,
+                    &self.rpc_calls,
+                ),
+                (
+                    "rpc_call_duration_seconds",
+                    "Time until an outgoing RPC call was answered, by procedure.",
+                    None,
+                    &self.rpc_latency,
+                ),
+                (
+                    "requests_served",
+                    "Incoming RPC requests served (answered, or notices taken), by procedure.",
+                    None,
+                    &self.requests_served,
+                ),
+                (
+                    "routing_table_contacts",
+                    "Contacts in the routing table's buckets.",
+                    None,
+                    &self.routing_table_contacts,
+                ),
+                ("stored_values", "Values held in local storage.", None, &self.stored_values),
+                (
+                    "datagrams_dropped",
+                    "Datagrams dropped unprocessed, by reason (malformed, unmatched, ...).",
+                    None,
+                    &self.datagrams_dropped,
+                ),
+                ("lookups", "Iterative lookups by kind and outcome.", None, &self.lookups),
+            ],
+        )
     }
 }
 
-/// Encodes `metric` as `name`, leaving out a family without series, as a `Registry` does.
-/// `help` ends with a period, which a `Registry` adds to the help texts registered in it.
-pub(crate) fn encode_metric(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    metric: &impl EncodeMetric,
+/// A metric as a collector encodes it: name, help, unit and the metric.
+pub(crate) type Described<'a> = (&'a str, &'a str, Option<&'a Unit>, &'a dyn EncodeMetric);
+
+/// Encodes each metric, leaving out a family without series, as a `Registry` does. Each help
+/// text ends with a period, which a `Registry` adds to the help texts registered in it.
+pub(crate) fn encode_all<const N: usize>(
+    mut encoder: DescriptorEncoder,
+    metrics: [Described; N],
 ) -> fmt::Result {
-    if metric.is_empty() {
-        return Ok(());
+    for (name, help, unit, metric) in metrics {
+        if !metric.is_empty() {
+            metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)?;
+        }
     }
-    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+    Ok(())
 }
 
 /// `method` as a label: borrowed for the protocol's procedures, so that counting a call to

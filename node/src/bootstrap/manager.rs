@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::metrics::encode_metric;
+use crate::metrics::encode_all;
 
 use super::backoff::Backoff;
 use super::discovery::{merge, Discovery, PoolChange, Resolve};
@@ -265,45 +265,82 @@ impl BootstrapMetrics {
 }
 
 impl Collector for BootstrapMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let encoder = &mut encoder;
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
         let seconds = Some(&Unit::Seconds);
-        encode_metric(
+        encode_all(
             encoder,
-            "endpoints",
-            "Bootstrap endpoints in the pool.",
-            None,
-            &self.endpoints,
-        )?;
-        let help =
-            "1 while the endpoint is healthy (fewer consecutive failures than the threshold).";
-        encode_metric(encoder, "endpoint_healthy", help, None, &self.endpoint_healthy)?;
-        let help = "Pings and join pings the endpoint failed in a row.";
-        let failures = &self.endpoint_consecutive_failures;
-        encode_metric(encoder, "endpoint_consecutive_failures", help, None, failures)?;
-        let help = "Round-trip time of the endpoint's last answered ping.";
-        encode_metric(encoder, "endpoint_rtt", help, seconds, &self.endpoint_rtt)?;
-        let help = "Joins the endpoint reported serving in the last minute (kadscale_load).";
-        let joins = &self.reported_joins_last_minute;
-        encode_metric(encoder, "endpoint_reported_joins_last_minute", help, None, joins)?;
-        let help = "Routing-table size the endpoint reported (kadscale_load).";
-        let size = &self.reported_routing_table_size;
-        encode_metric(encoder, "endpoint_reported_routing_table_size", help, None, size)?;
-        let help = "Requests per second the endpoint reported (kadscale_load).";
-        let rate = &self.reported_requests_per_second;
-        encode_metric(encoder, "endpoint_reported_requests_per_second", help, None, rate)?;
-        let help = "1 when the endpoint reported itself above its join limit (kadscale_load).";
-        let overloaded = &self.reported_overloaded;
-        encode_metric(encoder, "endpoint_reported_overloaded", help, None, overloaded)?;
-        let help = "Endpoint selections for joins, by strategy.";
-        encode_metric(encoder, "selections", help, None, &self.selections)?;
-        encode_metric(encoder, "join_attempts", "Join attempts.", None, &self.join_attempts)?;
-        let help = "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).";
-        encode_metric(encoder, "join_outcomes", help, None, &self.join_outcomes)?;
-        let help = "Endpoint pings during join attempts, by endpoint and outcome.";
-        encode_metric(encoder, "join_pings", help, None, &self.join_pings)?;
-        let help = "Time from the first attempt of a join to the routing table holding peers.";
-        encode_metric(encoder, "join_duration", help, seconds, &self.join_duration)
+            [
+                ("endpoints", "Bootstrap endpoints in the pool.", None, &self.endpoints),
+                (
+                    "endpoint_healthy",
+                    "1 while the endpoint is healthy (fewer consecutive failures than the \
+                     threshold).",
+                    None,
+                    &self.endpoint_healthy,
+                ),
+                (
+                    "endpoint_consecutive_failures",
+                    "Pings and join pings the endpoint failed in a row.",
+                    None,
+                    &self.endpoint_consecutive_failures,
+                ),
+                (
+                    "endpoint_rtt",
+                    "Round-trip time of the endpoint's last answered ping.",
+                    seconds,
+                    &self.endpoint_rtt,
+                ),
+                (
+                    "endpoint_reported_joins_last_minute",
+                    "Joins the endpoint reported serving in the last minute (kadscale_load).",
+                    None,
+                    &self.reported_joins_last_minute,
+                ),
+                (
+                    "endpoint_reported_routing_table_size",
+                    "Routing-table size the endpoint reported (kadscale_load).",
+                    None,
+                    &self.reported_routing_table_size,
+                ),
+                (
+                    "endpoint_reported_requests_per_second",
+                    "Requests per second the endpoint reported (kadscale_load).",
+                    None,
+                    &self.reported_requests_per_second,
+                ),
+                (
+                    "endpoint_reported_overloaded",
+                    "1 when the endpoint reported itself above its join limit (kadscale_load).",
+                    None,
+                    &self.reported_overloaded,
+                ),
+                (
+                    "selections",
+                    "Endpoint selections for joins, by strategy.",
+                    None,
+                    &self.selections,
+                ),
+                ("join_attempts", "Join attempts.", None, &self.join_attempts),
+                (
+                    "join_outcomes",
+                    "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).",
+                    None,
+                    &self.join_outcomes,
+                ),
+                (
+                    "join_pings",
+                    "Endpoint pings during join attempts, by endpoint and outcome.",
+                    None,
+                    &self.join_pings,
+                ),
+                (
+                    "join_duration",
+                    "Time from the first attempt of a join to the routing table holding peers.",
+                    seconds,
+                    &self.join_duration,
+                ),
+            ],
+        )
     }
 }
 
