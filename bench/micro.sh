@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `just bench-micro`: the criterion benches of kadscale-node (codec encode/decode, routing table
 # insert and closest-k at 10,000 contacts offered, closest-k at 200, one lookup's own work in a
-# 200-node network, bootstrap selection next to an atomic increment) with short warm-up and measurement times ($BENCH_MICRO_SECS, 2 s each), then their
-# mean times from target/criterion into target/bench/micro.json and the "micro" section of
-# BENCHMARKS.md.
+# 200-node network, bootstrap selection next to an atomic increment) with short warm-up and
+# measurement times ($BENCH_MICRO_SECS, 2 s each), then their mean times from target/criterion
+# into target/bench/micro.json and the "micro" section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh

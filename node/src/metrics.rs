@@ -218,7 +218,7 @@ impl Collector for Metrics {
     fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
         encode_all(
             encoder,
-            [
+            &[
                 (
                     "rpc_calls",
                     "Outgoing RPC calls by procedure and outcome.",
@@ -261,11 +261,8 @@ pub(crate) type Described<'a> = (&'a str, &'a str, Option<&'a Unit>, &'a dyn Enc
 
 /// Encodes each metric, leaving out a family without series, as a `Registry` does. Each help
 /// text ends with a period, which a `Registry` adds to the help texts registered in it.
-pub(crate) fn encode_all<const N: usize>(
-    mut encoder: DescriptorEncoder,
-    metrics: [Described; N],
-) -> fmt::Result {
-    for (name, help, unit, metric) in metrics {
+pub(crate) fn encode_all(mut encoder: DescriptorEncoder, metrics: &[Described]) -> fmt::Result {
+    for &(name, help, unit, metric) in metrics {
         if !metric.is_empty() {
             metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)?;
         }

@@ -269,7 +269,7 @@ impl Collector for BootstrapMetrics {
         let seconds = Some(&Unit::Seconds);
         encode_all(
             encoder,
-            [
+            &[
                 ("endpoints", "Bootstrap endpoints in the pool.", None, &self.endpoints),
                 (
                     "endpoint_healthy",
