@@ -111,7 +111,7 @@ pub struct Metrics {
     pub lookups: Family<LookupLabels, Counter>,
     /// `requests_served` of the protocol's own procedures, looked up once: the receive path
     /// then counts without building a label and hashing it.
-    served_by_procedure: [(&'static str, Counter); PROCEDURES.len()],
+    served_by_procedure: [Counter; PROCEDURES.len()],
     /// `rpc_calls` and `rpc_call_duration_seconds` of the protocol's own procedures, each
     /// series looked up on its first use and kept (shared by the clones), for the same reason.
     calls_by_procedure: Arc<[ProcedureCalls; PROCEDURES.len()]>,
@@ -127,13 +127,31 @@ struct ProcedureCalls {
 /// The procedures of the Python protocol.
 const PROCEDURES: [&str; 5] = ["stun", "ping", "store", "find_node", "find_value"];
 
+/// A procedure as the metrics label it: one of the protocol's, by its place in
+/// [`PROCEDURES`] (its series are kept, so counting it hashes no label), or another name,
+/// owned (kadscale's extensions, and names a peer made up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Procedure {
+    Protocol(usize),
+    Other(String),
+}
+
+impl Procedure {
+    pub fn of(method: &str) -> Procedure {
+        match PROCEDURES.iter().position(|known| *known == method) {
+            Some(index) => Procedure::Protocol(index),
+            None => Procedure::Other(method.to_owned()),
+        }
+    }
+}
+
 impl Metrics {
     /// Creates the metrics and registers them in `registry` under `dht_`.
     pub fn new(registry: &mut Registry) -> Metrics {
         let requests_served: Family<MethodLabels, Counter> = Family::default();
         let served_by_procedure = PROCEDURES.map(|method| {
             let labels = MethodLabels { method: Cow::Borrowed(method) };
-            (method, requests_served.get_or_create(&labels).clone())
+            requests_served.get_or_create(&labels).clone()
         });
         let metrics = Metrics {
             rpc_calls: Family::default(),
@@ -177,8 +195,8 @@ impl Metrics {
     pub fn call_finished(&self, method: &str, outcome: Outcome, seconds: Option<f64>) {
         let latency = |method| self.rpc_latency.get_or_create(&MethodLabels { method }).clone();
         let calls = |method| self.rpc_calls.get_or_create(&CallLabels { method, outcome }).clone();
-        match PROCEDURES.iter().position(|known| *known == method) {
-            Some(index) => {
+        match Procedure::of(method) {
+            Procedure::Protocol(index) => {
                 let cached = &self.calls_by_procedure[index];
                 let method = Cow::Borrowed(PROCEDURES[index]);
                 if let Some(seconds) = seconds {
@@ -187,8 +205,8 @@ impl Metrics {
                 cached.by_outcome[outcome as usize].get_or_init(|| calls(method)).inc();
             }
             // Not one of the protocol's procedures: its labels are owned, and not kept.
-            None => {
-                let method: Cow<'static, str> = Cow::Owned(method.to_owned());
+            Procedure::Other(method) => {
+                let method: Cow<'static, str> = Cow::Owned(method);
                 if let Some(seconds) = seconds {
                     latency(method.clone()).observe(seconds);
                 }
@@ -197,14 +215,13 @@ impl Metrics {
         }
     }
 
-    /// Counts a request served for `method` (answered, or a notice taken).
-    pub fn served(&self, method: &str) {
-        match self.served_by_procedure.iter().find(|(name, _)| *name == method) {
-            Some((_, counter)) => counter.inc(),
-            // Not one of the protocol's procedures: its label is owned.
-            None => self
+    /// Counts a request served for `procedure` (answered, or a notice taken).
+    pub fn served(&self, procedure: Procedure) {
+        match procedure {
+            Procedure::Protocol(index) => self.served_by_procedure[index].inc(),
+            Procedure::Other(method) => self
                 .requests_served
-                .get_or_create(&MethodLabels { method: Cow::Owned(method.to_owned()) })
+                .get_or_create(&MethodLabels { method: Cow::Owned(method) })
                 .inc(),
         };
     }
@@ -270,15 +287,6 @@ pub(crate) fn encode_all(mut encoder: DescriptorEncoder, metrics: &[Described]) 
     Ok(())
 }
 
-/// `method` as a label: borrowed for the protocol's procedures, so that counting a call to
-/// one of them allocates nothing.
-pub(crate) fn method_label(method: &str) -> Cow<'static, str> {
-    match PROCEDURES.iter().find(|known| **known == method) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(method.to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,8 +303,8 @@ mod tests {
         metrics.clone().call_finished("ping", Outcome::Ok, Some(0.004));
         metrics.call_finished("ping", Outcome::Timeout, None);
         metrics.call_finished("kadscale_load", Outcome::Ok, Some(0.001));
-        metrics.served("find_node");
-        metrics.served("kadscale_load");
+        metrics.served(Procedure::of("find_node"));
+        metrics.served(Procedure::of("kadscale_load"));
         metrics.lookup_finished("find_value", "found");
         metrics.routing_table_contacts.set(12);
         assert_eq!(metrics.malformed_total(), 2);

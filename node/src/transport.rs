@@ -21,7 +21,7 @@ use crate::codec::{
     Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN, REQUEST,
 };
 use crate::config::NodeConfig;
-use crate::metrics::{method_label, DropReason, Metrics, Outcome};
+use crate::metrics::{DropReason, Metrics, Outcome, Procedure};
 use crate::rate_limit::SourceLimits;
 
 /// Largest datagram read; UDP payloads cannot be larger.
@@ -368,13 +368,13 @@ impl Transport {
             Ok(Datagram::Request { id, request }) => {
                 // The name outlives the request the handler takes. Only what the handler
                 // served is counted: a series per made-up name would grow without bound.
-                let method = method_label(request.method());
+                let procedure = Procedure::of(request.method());
                 let response = match handler.handle(from, request) {
                     Handled::Answer(response) => Some(response),
                     Handled::Silently => None,
                     Handled::Unknown => return false,
                 };
-                self.metrics.served(&method);
+                self.metrics.served(procedure);
                 let Some(response) = response else {
                     return false;
                 };
