@@ -298,7 +298,9 @@ pub fn value_from_msgpack(value: &Msgpack) -> Result<Value, String> {
             .map(|text| Value::Str(text.to_owned()))
             .ok_or_else(|| "str is not valid UTF-8".to_owned()),
         Msgpack::Binary(bytes) => Ok(Value::Bytes(bytes.clone())),
-        other => Err(format!("expected int, float, bool, str or bin, got {}", kind(other))),
+        other => {
+            Err(format!("expected int, float, bool, str or bin, got {}", Kind::of_value(other)))
+        }
     }
 }
 
@@ -314,7 +316,7 @@ pub fn ping_answer(body: &[u8]) -> Result<NodeId, DecodeError> {
 pub fn store_answer(body: &[u8]) -> Result<bool, DecodeError> {
     let body = decode_msgpack(body)?;
     body.as_bool().ok_or_else(|| {
-        DecodeError::field("store answer", format!("expected bool, got {}", kind(&body)))
+        DecodeError::field("store answer", format!("expected bool, got {}", Kind::of_value(&body)))
     })
 }
 
@@ -367,22 +369,7 @@ pub fn find_value_answer(body: &[u8]) -> Result<FindValueAnswer, DecodeError> {
         .map_err(|reason| DecodeError::field("find_value answer value", reason))
 }
 
-/// The msgpack type name of a value, for error messages.
-fn kind(value: &Msgpack) -> &'static str {
-    match value {
-        Msgpack::Nil => "nil",
-        Msgpack::Boolean(_) => "bool",
-        Msgpack::Integer(_) => "int",
-        Msgpack::F32(_) | Msgpack::F64(_) => "float",
-        Msgpack::String(_) => "str",
-        Msgpack::Binary(_) => "bin",
-        Msgpack::Array(_) => "array",
-        Msgpack::Map(_) => "map",
-        Msgpack::Ext(..) => "ext",
-    }
-}
-
-/// The msgpack type of the value a marker byte starts.
+/// The msgpack type of a value, read from its marker byte or from the decoded value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Int,
@@ -398,6 +385,21 @@ enum Kind {
 }
 
 impl Kind {
+    /// The kind of a decoded value, for error messages.
+    fn of_value(value: &Msgpack) -> Kind {
+        match value {
+            Msgpack::Nil => Kind::Nil,
+            Msgpack::Boolean(_) => Kind::Bool,
+            Msgpack::Integer(_) => Kind::Int,
+            Msgpack::F32(_) | Msgpack::F64(_) => Kind::Float,
+            Msgpack::String(_) => Kind::Str,
+            Msgpack::Binary(_) => Kind::Bin,
+            Msgpack::Array(_) => Kind::Array,
+            Msgpack::Map(_) => Kind::Map,
+            Msgpack::Ext(..) => Kind::Ext,
+        }
+    }
+
     #[inline]
     fn of(marker: u8) -> Kind {
         match marker {
