@@ -125,7 +125,7 @@ struct ProcedureCalls {
 }
 
 /// The procedures of the Python protocol.
-const PROCEDURES: [&str; 5] = ["stun", "ping", "store", "find_node", "find_value"];
+pub(crate) const PROCEDURES: [&str; 5] = ["stun", "ping", "store", "find_node", "find_value"];
 
 /// A procedure as the metrics label it: one of the protocol's, by its place in
 /// [`PROCEDURES`] (its series are kept, so counting it hashes no label), or another name,

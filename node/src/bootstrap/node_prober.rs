@@ -15,7 +15,7 @@ use super::load::{LoadReport, LoadTracker, JOINED_PROCEDURE, LOAD_PROCEDURE};
 use super::manager::{BootstrapManager, BootstrapMetrics, ProbeError, Prober};
 use crate::codec::Contact;
 use crate::id::NodeId;
-use crate::metrics::{MethodLabels, Metrics};
+use crate::metrics::{MethodLabels, Metrics, PROCEDURES};
 use crate::node::Node;
 use crate::transport::RpcError;
 
@@ -102,13 +102,12 @@ impl Prober for NodeProber {
     }
 }
 
-/// Every procedure a kadscale node answers, for the request rate of its load report.
-const PROCEDURES: [&str; 7] =
-    ["stun", "ping", "store", "find_node", "find_value", LOAD_PROCEDURE, JOINED_PROCEDURE];
-
+/// Requests served of every procedure a kadscale node answers: the protocol's and its own,
+/// for the request rate of its load report.
 fn requests_total(metrics: &Metrics) -> u64 {
     PROCEDURES
         .iter()
+        .chain(&[LOAD_PROCEDURE, JOINED_PROCEDURE])
         .map(|method| {
             metrics.requests_served.get_or_create(&MethodLabels { method: (*method).into() }).get()
         })
