@@ -211,12 +211,8 @@ impl Lookup {
     /// Where `id` is among the candidates: a binary search by distance, since ids at the same
     /// distance from the target are the same id.
     fn position(&self, id: &NodeId) -> Option<usize> {
-        self.position_at(id.distance(&self.target)).ok()
-    }
-
-    /// `Ok(index)` of the candidate at `distance`, or `Err(index)` where one would go.
-    fn position_at(&self, distance: Distance) -> Result<usize, usize> {
-        self.candidates.binary_search_by(|candidate| candidate.distance.cmp(&distance))
+        let distance = id.distance(&self.target);
+        self.candidates.binary_search_by(|candidate| candidate.distance.cmp(&distance)).ok()
     }
 
     fn mark_answered(&mut self, from: &NodeId) -> Option<Contact> {
