@@ -524,10 +524,8 @@ async fn run_node(
     stop.cancel();
     managed.shutdown();
     if let Some(admin) = admin {
-        match admin.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "admin server failed"),
-            Err(error) => tracing::warn!(%error, "admin server task failed"),
+        if let Err(error) = admin.await {
+            tracing::warn!(%error, "admin server task failed");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -253,7 +253,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         lead_while_elected(&mut elector, client, config, metrics, &shutdown).await;
     }
     shutdown.cancel();
-    admin.await.context("admin server task")?.context("admin server")?;
+    admin.await.context("admin server task")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -832,7 +832,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     cluster.shutdown();
     stop_admin.cancel();
     if let Some(admin) = admin {
-        admin.await.context("admin server task")?.context("admin server")?;
+        admin.await.context("admin server task")?;
     }
     Ok(code)
 }
