@@ -32,8 +32,9 @@ const RECEIVE_BUFFER: usize = 65536;
 struct DatagramBuffers {
     /// A buffer per node was resident in full with many nodes on one thread (glibc's calloc
     /// hands out reused heap memory and zeroes every page of it): 55 KiB a node with 50 nodes
-    /// a process.
-    receive: Box<[u8]>,
+    /// a process. Reserved, never zeroed, so only the pages datagrams have filled are resident
+    /// (zeroed, it was 64 KiB of every process).
+    receive: Vec<u8>,
     /// Written anew for every answer: an allocation per answer was a tenth of the time spent
     /// serving one.
     answer: Vec<u8>,
@@ -41,7 +42,7 @@ struct DatagramBuffers {
 
 thread_local! {
     static BUFFERS_OF_THREAD: RefCell<DatagramBuffers> = RefCell::new(DatagramBuffers {
-        receive: vec![0; RECEIVE_BUFFER].into_boxed_slice(),
+        receive: Vec::with_capacity(RECEIVE_BUFFER),
         answer: Vec::new(),
     });
 }
@@ -299,9 +300,10 @@ impl Transport {
             // now is copied out, to be sent once it has.
             let received = BUFFERS_OF_THREAD.with_borrow_mut(|buffers| -> io::Result<_> {
                 let DatagramBuffers { receive, answer } = buffers;
-                let (len, from) = self.socket.try_recv_from(receive)?;
+                receive.clear();
+                let (_, from) = self.socket.try_recv_buf_from(receive)?;
                 let from = canonical(from);
-                if !self.dispatch(&receive[..len], from, handler, &mut limits, answer) {
+                if !self.dispatch(receive, from, handler, &mut limits, answer) {
                     return Ok(None);
                 }
                 Ok(match self.socket.try_send_to(answer, from) {
