@@ -239,11 +239,20 @@ impl Transport {
     pub async fn notify(&self, peer: SocketAddr, request: &Request) -> Result<(), RpcError> {
         let (_, datagram) = request_datagram(request)?;
         let peer = canonical(peer);
-        self.socket
-            .send_to(&datagram, peer)
-            .await
-            .map_err(|source| RpcError::Send { peer, source })?;
+        self.send(&datagram, peer).await.map_err(|source| RpcError::Send { peer, source })?;
         Ok(())
+    }
+
+    /// Sends `datagram` to `peer`, waiting for room only when the socket has none. The
+    /// waiting future (432 bytes) is boxed then, so that the future of every call in flight
+    /// does not carry it.
+    async fn send(&self, datagram: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        match self.socket.try_send_to(datagram, peer) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                Box::pin(self.socket.send_to(datagram, peer)).await
+            }
+            sent => sent,
+        }
     }
 
     async fn call_unrecorded(
@@ -267,10 +276,7 @@ impl Transport {
             pending.insert(id, PendingCall { peer, reply });
         }
         let _guard = PendingGuard { transport: self, id };
-        self.socket
-            .send_to(&datagram, peer)
-            .await
-            .map_err(|source| RpcError::Send { peer, source })?;
+        self.send(&datagram, peer).await.map_err(|source| RpcError::Send { peer, source })?;
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(_)) => Err(RpcError::Closed),
@@ -329,7 +335,8 @@ impl Transport {
             };
             match received {
                 Ok(Some((answer, to))) => {
-                    if let Err(error) = self.socket.send_to(&answer, to).await {
+                    // Boxed: rarely needed, and the loop's future lives as long as the node.
+                    if let Err(error) = Box::pin(self.socket.send_to(&answer, to)).await {
                         tracing::debug!(%to, %error, "sending an answer failed");
                     }
                 }
