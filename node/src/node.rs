@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rmpv::Value as Msgpack;
 use tokio_util::sync::CancellationToken;
@@ -382,18 +382,19 @@ impl Node {
         let config = &self.inner.config;
         self.with_table(|table| table.touch(&target));
         let mut lookup = Lookup::new(target, kind, seeds, k, config.alpha, self.id());
-        let mut in_flight = FuturesUnordered::new();
+        // Boxed: unboxed, the set's stub task takes a whole call future's room (~1 KiB).
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, _>> = FuturesUnordered::new();
         let last_slowest = *lock(&self.inner.last_slowest_answer);
         let mut stall =
             StallTimer { configured: config.lookup_stall, slowest_answer: last_slowest };
         loop {
             for contact in lookup.next_batch() {
                 let node = self.clone();
-                in_flight.push(async move {
+                in_flight.push(Box::pin(async move {
                     let sent = Instant::now();
                     let answer = node.find_on(contact, target, kind).await;
                     (contact.id, answer, sent.elapsed())
-                });
+                }));
             }
             if lookup.is_done() {
                 break;
