@@ -674,7 +674,8 @@ impl Node {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            self.refresh().await;
+            // Boxed: between refreshes (an hour) the loop holds only its timer.
+            Box::pin(self.refresh()).await;
         }
     }
 

@@ -688,13 +688,16 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
     /// Runs the manager for as long as the process lives: discovery and health every health
     /// interval, load every load interval, and the join, again whenever the routing table
     /// empties.
+    ///
+    /// The work of each step is boxed while it runs: the loops wait most of the time, and
+    /// meanwhile the task holds only their timers.
     pub async fn run(&self) {
-        self.refresh_endpoints().await;
+        Box::pin(self.refresh_endpoints()).await;
         if self.config.load_balancing && self.config.strategy == SelectionStrategy::LeastLoaded {
             // A worker joins once: its first choice must already see the reported loads. Python
             // peers never answer, so the wait is short: kadscale peers answer in a round trip.
             let wait = self.config.connection_timeout.min(STARTUP_LOAD_WAIT);
-            self.refresh_load_within(wait).await;
+            Box::pin(self.refresh_load_within(wait)).await;
         }
         tokio::join!(self.health_loop(), self.load_loop(), self.join_loop());
     }
@@ -703,8 +706,11 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         let mut ticks = every(self.config.health_check_interval);
         loop {
             ticks.tick().await;
-            self.refresh_endpoints().await;
-            self.check_health().await;
+            Box::pin(async {
+                self.refresh_endpoints().await;
+                self.check_health().await;
+            })
+            .await;
         }
     }
 
@@ -715,14 +721,14 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         let mut ticks = every(self.config.load_balance_interval);
         loop {
             ticks.tick().await;
-            self.refresh_load().await;
+            Box::pin(self.refresh_load()).await;
         }
     }
 
     async fn join_loop(&self) {
         let mut ticks = every(REJOIN_CHECK_INTERVAL);
         loop {
-            self.join().await;
+            Box::pin(self.join()).await;
             while self.prober.routing_table_len() > 0 {
                 ticks.tick().await;
             }
