@@ -218,10 +218,9 @@ impl BootstrapMetrics {
             // bootstrap node is down.
             join_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         };
-        // One collector, as the node's metrics (`metrics::Metrics::new` says why).
-        registry
-            .sub_registry_with_prefix("kadscale_bootstrap")
-            .register_collector(Box::new(metrics.clone()));
+        // One collector, its names prefixed, as the node's metrics (`metrics::Metrics::new`
+        // says why).
+        registry.register_collector(Box::new(metrics.clone()));
         metrics
     }
 
@@ -270,71 +269,76 @@ impl Collector for BootstrapMetrics {
         encode_all(
             encoder,
             &[
-                ("endpoints", "Bootstrap endpoints in the pool.", None, &self.endpoints),
                 (
-                    "endpoint_healthy",
+                    "kadscale_bootstrap_endpoints",
+                    "Bootstrap endpoints in the pool.",
+                    None,
+                    &self.endpoints,
+                ),
+                (
+                    "kadscale_bootstrap_endpoint_healthy",
                     "1 while the endpoint is healthy (fewer consecutive failures than the \
                      threshold).",
                     None,
                     &self.endpoint_healthy,
                 ),
                 (
-                    "endpoint_consecutive_failures",
+                    "kadscale_bootstrap_endpoint_consecutive_failures",
                     "Pings and join pings the endpoint failed in a row.",
                     None,
                     &self.endpoint_consecutive_failures,
                 ),
                 (
-                    "endpoint_rtt",
+                    "kadscale_bootstrap_endpoint_rtt",
                     "Round-trip time of the endpoint's last answered ping.",
                     seconds,
                     &self.endpoint_rtt,
                 ),
                 (
-                    "endpoint_reported_joins_last_minute",
+                    "kadscale_bootstrap_endpoint_reported_joins_last_minute",
                     "Joins the endpoint reported serving in the last minute (kadscale_load).",
                     None,
                     &self.reported_joins_last_minute,
                 ),
                 (
-                    "endpoint_reported_routing_table_size",
+                    "kadscale_bootstrap_endpoint_reported_routing_table_size",
                     "Routing-table size the endpoint reported (kadscale_load).",
                     None,
                     &self.reported_routing_table_size,
                 ),
                 (
-                    "endpoint_reported_requests_per_second",
+                    "kadscale_bootstrap_endpoint_reported_requests_per_second",
                     "Requests per second the endpoint reported (kadscale_load).",
                     None,
                     &self.reported_requests_per_second,
                 ),
                 (
-                    "endpoint_reported_overloaded",
+                    "kadscale_bootstrap_endpoint_reported_overloaded",
                     "1 when the endpoint reported itself above its join limit (kadscale_load).",
                     None,
                     &self.reported_overloaded,
                 ),
                 (
-                    "selections",
+                    "kadscale_bootstrap_selections",
                     "Endpoint selections for joins, by strategy.",
                     None,
                     &self.selections,
                 ),
-                ("join_attempts", "Join attempts.", None, &self.join_attempts),
+                ("kadscale_bootstrap_join_attempts", "Join attempts.", None, &self.join_attempts),
                 (
-                    "join_outcomes",
+                    "kadscale_bootstrap_join_outcomes",
                     "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).",
                     None,
                     &self.join_outcomes,
                 ),
                 (
-                    "join_pings",
+                    "kadscale_bootstrap_join_pings",
                     "Endpoint pings during join attempts, by endpoint and outcome.",
                     None,
                     &self.join_pings,
                 ),
                 (
-                    "join_duration",
+                    "kadscale_bootstrap_join_duration",
                     "Time from the first attempt of a join to the routing table holding peers.",
                     seconds,
                     &self.join_duration,
