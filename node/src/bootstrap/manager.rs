@@ -9,7 +9,7 @@ use std::fmt::{self, Write};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -19,7 +19,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::{Registry, Unit};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::metrics::encode_all;
+use crate::metrics::{encode_all, upper_bounds, BucketHistogram};
 
 use super::backoff::Backoff;
 use super::discovery::{merge, Discovery, PoolChange, Resolve};
@@ -180,6 +180,11 @@ const PING_OUTCOMES: [&str; 3] = ["answered", "no_answer", "self"];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// `join_duration`: 10 ms to about 82 s, a join is one round trip on loopback, minutes when
+/// every bootstrap node is down.
+static JOIN_DURATION_BOUNDS: LazyLock<Box<[f64]>> =
+    LazyLock::new(|| upper_bounds(exponential_buckets(0.01, 2.0, 14)));
+
 /// The bootstrap manager's metrics, all prefixed `kadscale_bootstrap_`.
 #[derive(Clone, Debug)]
 pub struct BootstrapMetrics {
@@ -195,7 +200,7 @@ pub struct BootstrapMetrics {
     join_attempts: Counter,
     join_outcomes: Family<OutcomeLabels, Counter>,
     join_pings: Family<EndpointOutcomeLabels, Counter>,
-    join_duration: Histogram,
+    join_duration: BucketHistogram,
 }
 
 impl BootstrapMetrics {
@@ -214,9 +219,7 @@ impl BootstrapMetrics {
             join_attempts: Counter::default(),
             join_outcomes: Family::default(),
             join_pings: Family::default(),
-            // 10 ms to about 82 s: a join is one round trip on loopback, minutes when every
-            // bootstrap node is down.
-            join_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            join_duration: BucketHistogram::new(&JOIN_DURATION_BOUNDS),
         };
         // One collector, its names prefixed, as the node's metrics (`metrics::Metrics::new`
         // says why).
