@@ -6,6 +6,7 @@
 //! least recently seen contact of a full bucket) is spawned.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -323,25 +324,31 @@ impl Node {
     }
 
     /// Calls a known contact; an answer welcomes it, a failure evicts it from the routing
-    /// table (Python's `handle_call_response`).
-    async fn call_contact<T>(
+    /// table (Python's `handle_call_response`). An `async` block for the reason
+    /// [`Transport::call`] gives.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps copies of its arguments")]
+    fn call_contact<T: 'static>(
         &self,
         contact: Contact,
         request: Request,
         read: fn(&[u8]) -> Result<T, DecodeError>,
-    ) -> Result<T, RpcError> {
-        let timeout = self.inner.config.rpc_timeout;
-        let result = self.inner.transport.call(contact.addr, &request, timeout, read).await;
-        match &result {
-            Ok(_) => self.welcome_if_new(contact, Address::Verified),
-            // Local conditions say nothing about the peer.
-            Err(RpcError::TooManyCalls { .. } | RpcError::TooLarge { .. } | RpcError::Closed) => {}
-            Err(error) => {
-                tracing::debug!(peer = %contact.addr, %error, "evicting an unresponsive contact");
-                self.with_table(|table| table.remove(&contact.id));
+    ) -> impl Future<Output = Result<T, RpcError>> + '_ {
+        async move {
+            let timeout = self.inner.config.rpc_timeout;
+            let result = self.inner.transport.call(contact.addr, &request, timeout, read).await;
+            match &result {
+                Ok(_) => self.welcome_if_new(contact, Address::Verified),
+                // Local conditions say nothing about the peer.
+                Err(
+                    RpcError::TooManyCalls { .. } | RpcError::TooLarge { .. } | RpcError::Closed,
+                ) => {}
+                Err(error) => {
+                    tracing::debug!(peer = %contact.addr, %error, "evicting an unresponsive contact");
+                    self.with_table(|table| table.remove(&contact.id));
+                }
             }
+            result
         }
-        result
     }
 
     async fn store_on(&self, contact: Contact, key: NodeId, value: Value) -> bool {
