@@ -6,11 +6,12 @@
 //! least recently seen contact of a full bucket) is spawned.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rmpv::Value as Msgpack;
 use tokio_util::sync::CancellationToken;
@@ -323,25 +324,31 @@ impl Node {
     }
 
     /// Calls a known contact; an answer welcomes it, a failure evicts it from the routing
-    /// table (Python's `handle_call_response`).
-    async fn call_contact<T>(
+    /// table (Python's `handle_call_response`). An `async` block for the reason
+    /// [`Transport::call`] gives.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps copies of its arguments")]
+    fn call_contact<T: 'static>(
         &self,
         contact: Contact,
         request: Request,
         read: fn(&[u8]) -> Result<T, DecodeError>,
-    ) -> Result<T, RpcError> {
-        let timeout = self.inner.config.rpc_timeout;
-        let result = self.inner.transport.call(contact.addr, &request, timeout, read).await;
-        match &result {
-            Ok(_) => self.welcome_if_new(contact, Address::Verified),
-            // Local conditions say nothing about the peer.
-            Err(RpcError::TooManyCalls { .. } | RpcError::TooLarge { .. } | RpcError::Closed) => {}
-            Err(error) => {
-                tracing::debug!(peer = %contact.addr, %error, "evicting an unresponsive contact");
-                self.with_table(|table| table.remove(&contact.id));
+    ) -> impl Future<Output = Result<T, RpcError>> + '_ {
+        async move {
+            let timeout = self.inner.config.rpc_timeout;
+            let result = self.inner.transport.call(contact.addr, &request, timeout, read).await;
+            match &result {
+                Ok(_) => self.welcome_if_new(contact, Address::Verified),
+                // Local conditions say nothing about the peer.
+                Err(
+                    RpcError::TooManyCalls { .. } | RpcError::TooLarge { .. } | RpcError::Closed,
+                ) => {}
+                Err(error) => {
+                    tracing::debug!(peer = %contact.addr, %error, "evicting an unresponsive contact");
+                    self.with_table(|table| table.remove(&contact.id));
+                }
             }
+            result
         }
-        result
     }
 
     async fn store_on(&self, contact: Contact, key: NodeId, value: Value) -> bool {
@@ -382,18 +389,19 @@ impl Node {
         let config = &self.inner.config;
         self.with_table(|table| table.touch(&target));
         let mut lookup = Lookup::new(target, kind, seeds, k, config.alpha, self.id());
-        let mut in_flight = FuturesUnordered::new();
+        // Boxed: unboxed, the set's stub task takes a whole call future's room (~1 KiB).
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, _>> = FuturesUnordered::new();
         let last_slowest = *lock(&self.inner.last_slowest_answer);
         let mut stall =
             StallTimer { configured: config.lookup_stall, slowest_answer: last_slowest };
         loop {
             for contact in lookup.next_batch() {
                 let node = self.clone();
-                in_flight.push(async move {
+                in_flight.push(Box::pin(async move {
                     let sent = Instant::now();
                     let answer = node.find_on(contact, target, kind).await;
                     (contact.id, answer, sent.elapsed())
-                });
+                }));
             }
             if lookup.is_done() {
                 break;
@@ -673,7 +681,8 @@ impl Node {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            self.refresh().await;
+            // Boxed: between refreshes (an hour) the loop holds only its timer.
+            Box::pin(self.refresh()).await;
         }
     }
 

@@ -8,7 +8,9 @@
 //! then charged in full, so a source overdraws by at most one answer. Pure: the caller passes
 //! the time, and tests drive it without sockets.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -21,16 +23,45 @@ const MAX_TRACKED_SOURCES: usize = 65_536;
 /// A source idle this long has its buckets full again and is forgotten when room is needed.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// A source's buckets in 16 bytes (an entry of the map is 24, not 64 with a `SocketAddr` key
+/// and `f64`s beside an `Instant`: every node tracks every peer that asked it anything). `f32`
+/// counts at most a few million tokens, exact while whole; partial refills round below a
+/// millionth of the count.
 #[derive(Clone, Copy, Debug)]
 struct Budget {
-    requests: f64,
-    answer_bytes: f64,
-    refilled_at: Instant,
+    requests: f32,
+    answer_bytes: f32,
+    /// Nanoseconds since [`SourceLimits::epoch`].
+    refilled_at: u64,
 }
 
 impl Budget {
-    fn full(requests: f64, answer_bytes: f64, now: Instant) -> Budget {
-        Budget { requests, answer_bytes, refilled_at: now }
+    fn full(requests: f64, answer_bytes: f64, now: u64) -> Budget {
+        Budget { requests: requests as f32, answer_bytes: answer_bytes as f32, refilled_at: now }
+    }
+}
+
+/// Sources are keyed by a keyed SipHash of their address (`SourceLimits::keys`), 8 bytes
+/// instead of a 32-byte `SocketAddr`; the map's own hashing then passes that hash through. Two
+/// sources whose hashes collide (2^-64, and not to be aimed at without the random keys) would
+/// share a budget.
+#[derive(Default)]
+struct SourceHash(u64);
+
+impl Hasher for SourceHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    /// Not reached by the `u64` keys (they come through `write_u64`), but hashes anything.
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
     }
 }
 
@@ -39,9 +70,12 @@ impl Budget {
 pub struct SourceLimits {
     requests_per_second: f64,
     answer_bytes_per_second: f64,
-    sources: HashMap<SocketAddr, Budget>,
+    keys: RandomState,
+    sources: HashMap<u64, Budget, BuildHasherDefault<SourceHash>>,
     /// Shared by new sources while [`MAX_TRACKED_SOURCES`] are tracked.
     overflow: Budget,
+    /// Where the budgets' times count from.
+    epoch: Instant,
     last_cleanup: Instant,
 }
 
@@ -55,8 +89,10 @@ impl SourceLimits {
         SourceLimits {
             requests_per_second,
             answer_bytes_per_second,
-            sources: HashMap::new(),
-            overflow: Budget::full(requests_per_second, answer_bytes_per_second, now),
+            keys: RandomState::new(),
+            sources: HashMap::default(),
+            overflow: Budget::full(requests_per_second, answer_bytes_per_second, 0),
+            epoch: now,
             last_cleanup: now,
         }
     }
@@ -95,7 +131,7 @@ impl SourceLimits {
         if self.is_unlimited() {
             return;
         }
-        self.budget(from, now).answer_bytes -= bytes as f64;
+        self.budget(from, now).answer_bytes -= bytes as f32;
     }
 
     /// Sources tracked now.
@@ -105,11 +141,12 @@ impl SourceLimits {
 
     /// The refilled budget of `from`'s source.
     fn budget(&mut self, from: SocketAddr, now: Instant) -> &mut Budget {
-        let source = source_of(&from);
+        let source = self.keys.hash_one(source_of(&from));
         let known = self.sources.contains_key(&source);
         if !known && self.sources.len() >= MAX_TRACKED_SOURCES {
             self.forget_idle(now);
         }
+        let now = self.nanos_since_epoch(now);
         let (requests_rate, bytes_rate) = (self.requests_per_second, self.answer_bytes_per_second);
         let budget = if known || self.sources.len() < MAX_TRACKED_SOURCES {
             self.sources
@@ -118,11 +155,16 @@ impl SourceLimits {
         } else {
             &mut self.overflow
         };
-        let elapsed = now.saturating_duration_since(budget.refilled_at).as_secs_f64();
-        budget.requests = (budget.requests + requests_rate * elapsed).min(requests_rate);
-        budget.answer_bytes = (budget.answer_bytes + bytes_rate * elapsed).min(bytes_rate);
+        let elapsed = now.saturating_sub(budget.refilled_at) as f64 / 1e9;
+        let refill = |tokens: f32, rate: f64| (f64::from(tokens) + rate * elapsed).min(rate) as f32;
+        budget.requests = refill(budget.requests, requests_rate);
+        budget.answer_bytes = refill(budget.answer_bytes, bytes_rate);
         budget.refilled_at = now;
         budget
+    }
+
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Forgets sources idle for [`IDLE_AFTER`] (their budgets are full: nothing is lost), at
@@ -133,8 +175,8 @@ impl SourceLimits {
             return;
         }
         self.last_cleanup = now;
-        self.sources
-            .retain(|_, budget| now.saturating_duration_since(budget.refilled_at) < IDLE_AFTER);
+        let (now, idle_after) = (self.nanos_since_epoch(now), IDLE_AFTER.as_nanos() as u64);
+        self.sources.retain(|_, budget| now.saturating_sub(budget.refilled_at) < idle_after);
     }
 }
 

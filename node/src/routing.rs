@@ -185,6 +185,11 @@ impl Bucket {
         if self.contacts.len() < limits.k {
             // It may have waited as a replacement under an address that had no room.
             self.replacements.retain(|known| known.id != contact.id);
+            let len = self.contacts.len();
+            if len == self.contacts.capacity() {
+                // Doubling, but never past k: a full bucket of 25 would keep room for 32.
+                self.contacts.reserve_exact((len * 2).max(4).min(limits.k) - len);
+            }
             self.contacts.push(contact);
             return BucketAdd::Added;
         }

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
@@ -210,72 +211,86 @@ impl Transport {
     /// Sends `request` to `peer`, waits up to `timeout` for its answer and reads its msgpack
     /// body with `read` (`codec::find_node_answer`, ...). An answer that `read` refuses is
     /// counted as malformed.
-    pub async fn call<T>(
-        &self,
+    ///
+    /// An `async` block, not an `async fn`: the future of an `async fn` keeps a second copy of
+    /// the arguments it uses after an await, and every call in flight carries this one.
+    pub fn call<'a, T: 'a>(
+        &'a self,
         peer: SocketAddr,
-        request: &Request,
+        request: &'a Request,
         timeout: Duration,
         read: fn(&[u8]) -> Result<T, DecodeError>,
-    ) -> Result<T, RpcError> {
-        let method = request.method();
-        let started = Instant::now();
+    ) -> impl Future<Output = Result<T, RpcError>> + 'a {
         let peer = canonical(peer);
-        let result = self.call_unrecorded(peer, request, timeout).await.and_then(|body| {
-            read(&body).map_err(|source| {
-                self.metrics.dropped(DropReason::Malformed);
-                RpcError::BadAnswer { peer, source }
-            })
-        });
-        let outcome = match &result {
-            Ok(_) => Outcome::Ok,
-            Err(RpcError::Timeout { .. }) => Outcome::Timeout,
-            Err(_) => Outcome::Error,
-        };
-        let latency = result.is_ok().then(|| started.elapsed().as_secs_f64());
-        self.metrics.call_finished(method, outcome, latency);
-        result
+        async move {
+            let started = Instant::now();
+            let result = self.call_unrecorded(peer, request, timeout).await.and_then(|body| {
+                read(&body).map_err(|source| {
+                    self.metrics.dropped(DropReason::Malformed);
+                    RpcError::BadAnswer { peer, source }
+                })
+            });
+            let outcome = match &result {
+                Ok(_) => Outcome::Ok,
+                Err(RpcError::Timeout { .. }) => Outcome::Timeout,
+                Err(_) => Outcome::Error,
+            };
+            let latency = result.is_ok().then(|| started.elapsed().as_secs_f64());
+            self.metrics.call_finished(request.method(), outcome, latency);
+            result
+        }
     }
 
     /// Sends `request` to `peer` and expects no answer (a notice): no pending call, no timer.
     pub async fn notify(&self, peer: SocketAddr, request: &Request) -> Result<(), RpcError> {
         let (_, datagram) = request_datagram(request)?;
         let peer = canonical(peer);
-        self.socket
-            .send_to(&datagram, peer)
-            .await
-            .map_err(|source| RpcError::Send { peer, source })?;
+        self.send(&datagram, peer).await.map_err(|source| RpcError::Send { peer, source })?;
         Ok(())
     }
 
-    async fn call_unrecorded(
-        &self,
-        peer: SocketAddr,
-        request: &Request,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, RpcError> {
-        let (id, datagram) = request_datagram(request)?;
-        let (reply, answer) = oneshot::channel();
-        {
-            let mut pending = self.pending();
-            // Checked under the lock that `serve` clears the map with: a call either sees the
-            // flag or has its entry cleared (and its reply channel dropped).
-            if self.closed.load(Ordering::SeqCst) {
-                return Err(RpcError::Closed);
+    /// Sends `datagram` to `peer`, waiting for room only when the socket has none. The
+    /// waiting future (432 bytes) is boxed then, so that the future of every call in flight
+    /// does not carry it.
+    async fn send(&self, datagram: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        match self.socket.try_send_to(datagram, peer) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                Box::pin(self.socket.send_to(datagram, peer)).await
             }
-            if pending.len() >= self.max_outstanding {
-                return Err(RpcError::TooManyCalls { max: self.max_outstanding });
-            }
-            pending.insert(id, PendingCall { peer, reply });
+            sent => sent,
         }
-        let _guard = PendingGuard { transport: self, id };
-        self.socket
-            .send_to(&datagram, peer)
-            .await
-            .map_err(|source| RpcError::Send { peer, source })?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(body)) => Ok(body),
-            Ok(Err(_)) => Err(RpcError::Closed),
-            Err(_) => Err(RpcError::Timeout { peer, timeout }),
+    }
+
+    /// An `async` block for the reason [`Transport::call`] gives.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps copies of its arguments")]
+    fn call_unrecorded<'a>(
+        &'a self,
+        peer: SocketAddr,
+        request: &'a Request,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, RpcError>> + 'a {
+        async move {
+            let (id, datagram) = request_datagram(request)?;
+            let (reply, answer) = oneshot::channel();
+            {
+                let mut pending = self.pending();
+                // Checked under the lock that `serve` clears the map with: a call either sees
+                // the flag or has its entry cleared (and its reply channel dropped).
+                if self.closed.load(Ordering::SeqCst) {
+                    return Err(RpcError::Closed);
+                }
+                if pending.len() >= self.max_outstanding {
+                    return Err(RpcError::TooManyCalls { max: self.max_outstanding });
+                }
+                pending.insert(id, PendingCall { peer, reply });
+            }
+            let _guard = PendingGuard { transport: self, id };
+            self.send(&datagram, peer).await.map_err(|source| RpcError::Send { peer, source })?;
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(body)) => Ok(body),
+                Ok(Err(_)) => Err(RpcError::Closed),
+                Err(_) => Err(RpcError::Timeout { peer, timeout }),
+            }
         }
     }
 
@@ -331,7 +346,8 @@ impl Transport {
             };
             match received {
                 Ok(Some((answer, to))) => {
-                    if let Err(error) = self.socket.send_to(&answer, to).await {
+                    // Boxed: rarely needed, and the loop's future lives as long as the node.
+                    if let Err(error) = Box::pin(self.socket.send_to(&answer, to)).await {
                         tracing::debug!(%to, %error, "sending an answer failed");
                     }
                 }

@@ -213,6 +213,9 @@ pub fn merge(pool: &mut Vec<EndpointState>, fresh: Vec<BootstrapEndpoint>) -> Po
         pool.drain(..).map(|state| (state.endpoint.addr, state)).collect();
     let mut change = PoolChange::default();
     let mut seen = HashSet::new();
+    // Room for what was found and no more: a first push would make room for 4 endpoints (144
+    // bytes each), and every node keeps its pool for as long as it runs.
+    pool.reserve_exact(fresh.len());
     for endpoint in fresh {
         if !seen.insert(endpoint.addr) {
             continue;

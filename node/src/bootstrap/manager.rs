@@ -9,7 +9,7 @@ use std::fmt::{self, Write};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -19,7 +19,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::{Registry, Unit};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::metrics::encode_all;
+use crate::metrics::{encode_all, upper_bounds, BucketHistogram};
 
 use super::backoff::Backoff;
 use super::discovery::{merge, Discovery, PoolChange, Resolve};
@@ -180,6 +180,11 @@ const PING_OUTCOMES: [&str; 3] = ["answered", "no_answer", "self"];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// `join_duration`: 10 ms to about 82 s, a join is one round trip on loopback, minutes when
+/// every bootstrap node is down.
+static JOIN_DURATION_BOUNDS: LazyLock<Box<[f64]>> =
+    LazyLock::new(|| upper_bounds(exponential_buckets(0.01, 2.0, 14)));
+
 /// The bootstrap manager's metrics, all prefixed `kadscale_bootstrap_`.
 #[derive(Clone, Debug)]
 pub struct BootstrapMetrics {
@@ -195,7 +200,7 @@ pub struct BootstrapMetrics {
     join_attempts: Counter,
     join_outcomes: Family<OutcomeLabels, Counter>,
     join_pings: Family<EndpointOutcomeLabels, Counter>,
-    join_duration: Histogram,
+    join_duration: BucketHistogram,
 }
 
 impl BootstrapMetrics {
@@ -214,14 +219,11 @@ impl BootstrapMetrics {
             join_attempts: Counter::default(),
             join_outcomes: Family::default(),
             join_pings: Family::default(),
-            // 10 ms to about 82 s: a join is one round trip on loopback, minutes when every
-            // bootstrap node is down.
-            join_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            join_duration: BucketHistogram::new(&JOIN_DURATION_BOUNDS),
         };
-        // One collector, as the node's metrics (`metrics::Metrics::new` says why).
-        registry
-            .sub_registry_with_prefix("kadscale_bootstrap")
-            .register_collector(Box::new(metrics.clone()));
+        // One collector, its names prefixed, as the node's metrics (`metrics::Metrics::new`
+        // says why).
+        registry.register_collector(Box::new(metrics.clone()));
         metrics
     }
 
@@ -270,71 +272,76 @@ impl Collector for BootstrapMetrics {
         encode_all(
             encoder,
             &[
-                ("endpoints", "Bootstrap endpoints in the pool.", None, &self.endpoints),
                 (
-                    "endpoint_healthy",
+                    "kadscale_bootstrap_endpoints",
+                    "Bootstrap endpoints in the pool.",
+                    None,
+                    &self.endpoints,
+                ),
+                (
+                    "kadscale_bootstrap_endpoint_healthy",
                     "1 while the endpoint is healthy (fewer consecutive failures than the \
                      threshold).",
                     None,
                     &self.endpoint_healthy,
                 ),
                 (
-                    "endpoint_consecutive_failures",
+                    "kadscale_bootstrap_endpoint_consecutive_failures",
                     "Pings and join pings the endpoint failed in a row.",
                     None,
                     &self.endpoint_consecutive_failures,
                 ),
                 (
-                    "endpoint_rtt",
+                    "kadscale_bootstrap_endpoint_rtt",
                     "Round-trip time of the endpoint's last answered ping.",
                     seconds,
                     &self.endpoint_rtt,
                 ),
                 (
-                    "endpoint_reported_joins_last_minute",
+                    "kadscale_bootstrap_endpoint_reported_joins_last_minute",
                     "Joins the endpoint reported serving in the last minute (kadscale_load).",
                     None,
                     &self.reported_joins_last_minute,
                 ),
                 (
-                    "endpoint_reported_routing_table_size",
+                    "kadscale_bootstrap_endpoint_reported_routing_table_size",
                     "Routing-table size the endpoint reported (kadscale_load).",
                     None,
                     &self.reported_routing_table_size,
                 ),
                 (
-                    "endpoint_reported_requests_per_second",
+                    "kadscale_bootstrap_endpoint_reported_requests_per_second",
                     "Requests per second the endpoint reported (kadscale_load).",
                     None,
                     &self.reported_requests_per_second,
                 ),
                 (
-                    "endpoint_reported_overloaded",
+                    "kadscale_bootstrap_endpoint_reported_overloaded",
                     "1 when the endpoint reported itself above its join limit (kadscale_load).",
                     None,
                     &self.reported_overloaded,
                 ),
                 (
-                    "selections",
+                    "kadscale_bootstrap_selections",
                     "Endpoint selections for joins, by strategy.",
                     None,
                     &self.selections,
                 ),
-                ("join_attempts", "Join attempts.", None, &self.join_attempts),
+                ("kadscale_bootstrap_join_attempts", "Join attempts.", None, &self.join_attempts),
                 (
-                    "join_outcomes",
+                    "kadscale_bootstrap_join_outcomes",
                     "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).",
                     None,
                     &self.join_outcomes,
                 ),
                 (
-                    "join_pings",
+                    "kadscale_bootstrap_join_pings",
                     "Endpoint pings during join attempts, by endpoint and outcome.",
                     None,
                     &self.join_pings,
                 ),
                 (
-                    "join_duration",
+                    "kadscale_bootstrap_join_duration",
                     "Time from the first attempt of a join to the routing table holding peers.",
                     seconds,
                     &self.join_duration,
@@ -688,13 +695,16 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
     /// Runs the manager for as long as the process lives: discovery and health every health
     /// interval, load every load interval, and the join, again whenever the routing table
     /// empties.
+    ///
+    /// The work of each step is boxed while it runs: the loops wait most of the time, and
+    /// meanwhile the task holds only their timers.
     pub async fn run(&self) {
-        self.refresh_endpoints().await;
+        Box::pin(self.refresh_endpoints()).await;
         if self.config.load_balancing && self.config.strategy == SelectionStrategy::LeastLoaded {
             // A worker joins once: its first choice must already see the reported loads. Python
             // peers never answer, so the wait is short: kadscale peers answer in a round trip.
             let wait = self.config.connection_timeout.min(STARTUP_LOAD_WAIT);
-            self.refresh_load_within(wait).await;
+            Box::pin(self.refresh_load_within(wait)).await;
         }
         tokio::join!(self.health_loop(), self.load_loop(), self.join_loop());
     }
@@ -703,8 +713,11 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         let mut ticks = every(self.config.health_check_interval);
         loop {
             ticks.tick().await;
-            self.refresh_endpoints().await;
-            self.check_health().await;
+            Box::pin(async {
+                self.refresh_endpoints().await;
+                self.check_health().await;
+            })
+            .await;
         }
     }
 
@@ -715,14 +728,14 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         let mut ticks = every(self.config.load_balance_interval);
         loop {
             ticks.tick().await;
-            self.refresh_load().await;
+            Box::pin(self.refresh_load()).await;
         }
     }
 
     async fn join_loop(&self) {
         let mut ticks = every(REJOIN_CHECK_INTERVAL);
         loop {
-            self.join().await;
+            Box::pin(self.join()).await;
             while self.prober.routing_table_len() > 0 {
                 ticks.tick().await;
             }
