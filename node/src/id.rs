@@ -45,6 +45,13 @@ macro_rules! ordered_as_big_endian {
 
 ordered_as_big_endian!(NodeId, Distance);
 
+impl Distance {
+    /// The id at this distance from `origin`: XOR undoes itself.
+    pub fn id_from(&self, origin: &NodeId) -> NodeId {
+        NodeId(origin.distance(&NodeId(self.0)).0)
+    }
+}
+
 impl NodeId {
     pub const ZERO: NodeId = NodeId([0; ID_LEN]);
     pub const MAX: NodeId = NodeId([0xff; ID_LEN]);
@@ -222,6 +229,13 @@ mod tests {
         assert_eq!(a.shared_prefix_len(&a), 160);
         assert_eq!(NodeId::ZERO.shared_prefix_len(&NodeId::MAX), 0);
         assert_eq!(id_from_u128(1).shared_prefix_len(&id_from_u128(0)), 159);
+    }
+
+    #[test]
+    fn a_distance_from_an_id_gives_back_the_other_id() {
+        let (a, b) = (NodeId::random(), NodeId::random());
+        assert_eq!(a.distance(&b).id_from(&a), b);
+        assert_eq!(a.distance(&b).id_from(&b), a);
     }
 
     #[test]

@@ -77,11 +77,7 @@ impl Candidate {
     }
 
     fn contact(&self, target: &NodeId) -> Contact {
-        let mut id = self.distance.0;
-        for (byte, target_byte) in id.iter_mut().zip(target.0) {
-            *byte ^= target_byte;
-        }
-        Contact { id: NodeId(id), addr: self.addr }
+        Contact { id: self.distance.id_from(target), addr: self.addr }
     }
 }
 
