@@ -13,6 +13,7 @@ pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod node;
+pub mod random_key;
 pub mod rate_limit;
 pub mod routing;
 pub mod storage;

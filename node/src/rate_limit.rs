@@ -10,10 +10,11 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::random_key::RandomKeys;
 use crate::routing::source_of;
 
 /// Most sources tracked at once (about 3 MiB): requests with random forged addresses cannot
@@ -41,37 +42,16 @@ impl Budget {
     }
 }
 
-/// Sources are keyed by a keyed SipHash of their address (`SourceLimits::keys`), 8 bytes
-/// instead of a 32-byte `SocketAddr`; the map's own hashing then passes that hash through. Two
-/// sources whose hashes collide (2^-64, and not to be aimed at without the random keys) would
-/// share a budget.
-#[derive(Default)]
-struct SourceHash(u64);
-
-impl Hasher for SourceHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    /// Not reached by the `u64` keys (they come through `write_u64`), but hashes anything.
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, hash: u64) {
-        self.0 = hash;
-    }
-}
-
 /// The budgets of every source a node hears requests from.
 #[derive(Debug)]
 pub struct SourceLimits {
     requests_per_second: f64,
     answer_bytes_per_second: f64,
     keys: RandomState,
-    sources: HashMap<u64, Budget, BuildHasherDefault<SourceHash>>,
+    /// Keyed by a keyed SipHash of the source (`keys`), 8 bytes instead of a 32-byte
+    /// `SocketAddr`. Two sources whose hashes collide (2^-64, and not to be aimed at without
+    /// the random keys) would share a budget.
+    sources: HashMap<u64, Budget, RandomKeys>,
     /// Shared by new sources while [`MAX_TRACKED_SOURCES`] are tracked.
     overflow: Budget,
     /// Where the budgets' times count from.

@@ -6,7 +6,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +22,7 @@ use crate::codec::{
 };
 use crate::config::NodeConfig;
 use crate::metrics::{DropReason, Metrics, Outcome, Procedure};
+use crate::random_key::RandomKeys;
 use crate::rate_limit::SourceLimits;
 
 /// Largest datagram read; UDP payloads cannot be larger.
@@ -116,27 +116,8 @@ struct PendingCall {
     reply: oneshot::Sender<Vec<u8>>,
 }
 
-/// The calls awaiting an answer, by message id.
-type PendingCalls = HashMap<MessageId, PendingCall, BuildHasherDefault<MessageIdHasher>>;
-
-/// The message ids of pending calls are random bytes this node drew, so their first eight
-/// are a hash already, and no peer chooses the keys the map holds (SipHash of every id was 1%
-/// of a joining node's CPU).
-#[derive(Default)]
-struct MessageIdHasher(u64);
-
-impl Hasher for MessageIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut word = [0u8; 8];
-        let len = bytes.len().min(8);
-        word[..len].copy_from_slice(&bytes[..len]);
-        self.0 = self.0.rotate_left(8) ^ u64::from_ne_bytes(word);
-    }
-}
+/// The calls awaiting an answer, by message id (random bytes this node drew).
+type PendingCalls = HashMap<MessageId, PendingCall, RandomKeys>;
 
 /// One node's UDP endpoint.
 pub struct Transport {
