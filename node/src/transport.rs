@@ -231,8 +231,8 @@ impl Transport {
     }
 
     /// Sends `datagram` to `peer`, waiting for room only when the socket has none. The
-    /// waiting future (432 bytes) is boxed then, so that the future of every call in flight
-    /// does not carry it.
+    /// waiting future (432 bytes) is boxed then, so that the futures of the calls in flight
+    /// and of the receive loop do not carry it.
     async fn send(&self, datagram: &[u8], peer: SocketAddr) -> io::Result<usize> {
         match self.socket.try_send_to(datagram, peer) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -327,8 +327,8 @@ impl Transport {
             };
             match received {
                 Ok(Some((answer, to))) => {
-                    // Boxed: rarely needed, and the loop's future lives as long as the node.
-                    if let Err(error) = Box::pin(self.socket.send_to(&answer, to)).await {
+                    // `send` boxes the wait: the loop's future lives as long as the node.
+                    if let Err(error) = self.send(&answer, to).await {
                         tracing::debug!(%to, %error, "sending an answer failed");
                     }
                 }
