@@ -44,7 +44,7 @@ use crate::tier::{TierPlan, TierPolicy, TierStrategy};
 use report::{percentile, BootstrapRow, ClusterReport, ScaleUp};
 use scenario::{parse_line, parse_scenario, ClusterCommand, MAX_WORKERS};
 
-/// Flags of `dht-node cluster`.
+// Flags of `dht-node cluster` (not a doc comment: see cli::NodeOptions).
 #[derive(Clone, Debug, Args)]
 pub struct ClusterArgs {
     /// Workers to start with.
