@@ -22,6 +22,7 @@ use crate::id::{key_digest, NodeId};
 use crate::logging::{self, LogFormat};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::shutdown::{block_shutdown_signals, shutdown_signal};
 
 /// A Kademlia DHT node that speaks the wire protocol of the Python `kademlia` package.
 #[derive(Debug, Parser)]
@@ -38,8 +39,15 @@ pub struct Cli {
 
 impl Cli {
     /// The runtime the command runs on: [`node_runtime`], but for `cluster`, which runs
-    /// hundreds of nodes at once and uses every core.
+    /// hundreds of nodes at once and uses every core. The commands that run until SIGTERM or
+    /// SIGINT block both first, for [`shutdown_signal`]; the one-shot tools leave Ctrl-C as it is.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.command {
+            Command::Bootstrap(_) | Command::Worker(_) | Command::Cluster(_) => {
+                block_shutdown_signals()?
+            }
+            Command::Put(_) | Command::Get(_) | Command::Ping(_) => {}
+        }
         match self.command {
             Command::Cluster(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
             _ => node_runtime(),
@@ -523,7 +531,7 @@ async fn run_node(
         None => None,
     };
 
-    let signal = shutdown_signal().await?;
+    let signal = shutdown_signal().await.context("waiting for SIGTERM or SIGINT")?;
     tracing::info!(signal, "shutting down");
     stop.cancel();
     managed.shutdown();
@@ -533,17 +541,6 @@ async fn run_node(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Waits for SIGTERM or SIGINT and names the one that came.
-pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    })
 }
 
 /// A short-lived node for one command, knowing the `tool.bootstrap` nodes that answered. It

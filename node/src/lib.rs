@@ -16,6 +16,7 @@ pub mod node;
 pub mod random_key;
 pub mod rate_limit;
 pub mod routing;
+pub mod shutdown;
 pub mod storage;
 pub mod tier;
 pub mod transport;

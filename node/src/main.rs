@@ -12,7 +12,13 @@ static ALLOCATOR: kadscale_node::allocator::NodeAllocator = kadscale_node::alloc
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.runtime() {
-        Ok(runtime) => runtime.block_on(run(cli)),
+        Ok(runtime) => {
+            let code = runtime.block_on(run(cli));
+            // A read of stdin (`cluster`) may still hold a thread: the command is done, so it is
+            // not waited for.
+            runtime.shutdown_background();
+            code
+        }
         Err(error) => {
             eprintln!("dht-node: cannot start the async runtime: {error}");
             ExitCode::FAILURE

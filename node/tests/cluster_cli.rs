@@ -1,6 +1,6 @@
 //! The built `dht-node cluster` binary: scenario file, stdin commands, exit codes.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
@@ -93,4 +93,28 @@ fn a_failing_command_in_a_scenario_exits_1_naming_the_line() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("line 2 (kill-bootstrap 5)"), "{stderr}");
     assert!(stderr.contains("no bootstrap node 5"), "{stderr}");
+}
+
+#[test]
+fn sigint_while_reading_stdin_ends_with_the_final_report() {
+    let mut child = dht_node()
+        .args(["cluster", "--workers", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dht-node starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    // The start report comes before stdin is read; stdin stays open, so only a signal ends it.
+    while !seen.contains("joined") {
+        assert_ne!(stdout.read_line(&mut seen).expect("reading stdout"), 0, "ended: {seen}");
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill only sends a signal, to the child this owns (not yet waited for).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    stdout.read_to_string(&mut seen).expect("reading stdout");
+    let output = child.wait_with_output().expect("dht-node ends");
+    assert!(output.status.success(), "exit {:?}\n{seen}\n{}", output.status, text(&output.stderr));
+    assert!(seen.contains("== final =="), "{seen}");
 }

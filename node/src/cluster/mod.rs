@@ -35,14 +35,15 @@ use crate::bootstrap::endpoint::{EndpointList, HostPort};
 use crate::bootstrap::load::JOINED_PROCEDURE;
 use crate::bootstrap::manager::ManagerConfig;
 use crate::bootstrap::selection::SelectionStrategy;
-use crate::cli::{shutdown_signal, ManagedNode, Role};
+use crate::cli::{ManagedNode, Role};
 use crate::codec::Value;
 use crate::config::NodeConfig;
 use crate::id::key_digest;
 use crate::metrics::MethodLabels;
+use crate::shutdown::shutdown_signal;
 use crate::tier::{TierPlan, TierPolicy, TierStrategy};
 use report::{percentile, BootstrapRow, ClusterReport, ScaleUp};
-use scenario::{parse_line, parse_scenario, ClusterCommand, MAX_WORKERS};
+use scenario::{parse_line, parse_scenario, ClusterCommand, ScenarioStep, MAX_WORKERS};
 
 // Flags of `dht-node cluster` (not a doc comment: see cli::NodeOptions).
 #[derive(Clone, Debug, Args)]
@@ -781,42 +782,10 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         format!("workers {} (start, took {:.2} s)", args.workers, started.elapsed().as_secs_f64());
     print(&header, &Outcome::Report(Box::new(cluster.report())));
 
-    let result = match (commands, scenario) {
-        (Commands::Scenario(path), Some(steps)) => {
-            let mut result = Ok(());
-            for step in steps {
-                for note in &step.notes {
-                    println!("# {note}");
-                }
-                let label = format!("{}:{} ", path.display(), step.line);
-                match apply_and_print(&mut cluster, &step.command, &label, started).await {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    Err(error) => {
-                        result = Err(error.context(format!(
-                            "{} line {} ({})",
-                            path.display(),
-                            step.line,
-                            step.command
-                        )));
-                        break;
-                    }
-                }
-            }
-            result
-        }
-        (Commands::Stdin, _) => read_stdin(&mut cluster, started).await,
-        _ => {
-            let mut ticks = tokio::time::interval(Duration::from_secs(1));
-            let signal = shutdown_signal();
-            tokio::pin!(signal);
-            loop {
-                tokio::select! {
-                    _ = &mut signal => break Ok(()),
-                    _ = ticks.tick() => cluster.tick().await?,
-                }
-            }
-        }
+    // SIGTERM or SIGINT ends any of the three ways of running, with the final report.
+    let result = tokio::select! {
+        result = run_commands(&mut cluster, commands, scenario, started) => result,
+        signal = shutdown_signal() => signal.map(drop).context("waiting for SIGTERM or SIGINT"),
     };
     let code = match result {
         Ok(()) => {
@@ -835,6 +804,42 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         admin.await.context("admin server task")?;
     }
     Ok(code)
+}
+
+/// Runs the scenario's steps, or stdin's commands, or (neither) re-plans the tier every second
+/// until the process is stopped.
+async fn run_commands(
+    cluster: &mut Cluster,
+    commands: Commands,
+    scenario: Option<Vec<ScenarioStep>>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    match (commands, scenario) {
+        (Commands::Scenario(path), Some(steps)) => {
+            for step in steps {
+                for note in &step.notes {
+                    println!("# {note}");
+                }
+                let label = format!("{}:{} ", path.display(), step.line);
+                let quit =
+                    apply_and_print(cluster, &step.command, &label, started).await.with_context(
+                        || format!("{} line {} ({})", path.display(), step.line, step.command),
+                    )?;
+                if quit {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        (Commands::Stdin, _) => read_stdin(cluster, started).await,
+        _ => {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                cluster.tick().await?;
+            }
+        }
+    }
 }
 
 /// Runs commands from stdin until EOF or `quit`; a bad line is reported and skipped, and the

@@ -1,7 +1,10 @@
 //! `dht-node` processes on 127.0.0.1 for process-level tests: started from the binary cargo
 //! built for the test, each logging JSON lines to a file of its own (how a test learns the
 //! ports a node bound with port 0, and when it joined or saw a peer change health), killed
-//! with SIGKILL and started again with the same command line.
+//! with SIGKILL and started again with the same command line, or stopped with a signal.
+
+// Each test crate that includes this module uses a part of it.
+#![allow(dead_code)]
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -122,6 +125,22 @@ impl DhtProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends `signal` and waits up to `limit` for the process to end; panics if it runs on.
+    pub fn stop(&mut self, signal: libc::c_int, limit: Duration) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill only sends a signal, to the child this owns (not yet waited for).
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signalling {}", self.name);
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("waiting for the child") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let state = self.describe();
+        panic!("{} still running {limit:?} after signal {signal}\n{state}", self.name);
     }
 
     /// Kills the process if it runs, and starts it again with the same command line.
