@@ -7,7 +7,7 @@ test: test-unit test-fuzz test-interop test-e2e test-bench-smoke
 
 # A whole DHT in one process on 127.0.0.1: 10 -> 60 -> 300 workers, a bootstrap node killed on the way.
 demo:
-    cargo build -p kadscale-node --bin dht-node
+    cargo build -p kadscale-node --bin dht-node --bin dht-node-cluster
     "${CARGO_TARGET_DIR:-$PWD/target}/debug/dht-node" cluster --workers 10 --scenario scenarios/demo.txt
 
 # Every benchmark (micro, rpc, join, operator, storm, capacity); figures, machine, load and commands go to BENCHMARKS.md.
@@ -22,7 +22,7 @@ bench-rpc: interop-venv (node-release "--bin dht-node --bin rpc-load")
     BENCH_TARGET={{node_target}} bench/rpc.sh
 
 # Join storms of dht-node cluster: 100, then 1,000 workers through the policy's tier (~10 s); to BENCHMARKS.md.
-bench-join: (node-release "--bin dht-node")
+bench-join: (node-release "--bin dht-node --bin dht-node-cluster")
     BENCH_TARGET={{node_target}} bench/join.sh
 
 # Join storms side by side, Python kademlia vs dht-node, 100/500/1,000 workers (~1 min); to BENCHMARKS.md and bench/join-storm.svg.

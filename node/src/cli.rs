@@ -38,20 +38,14 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The runtime the command runs on: [`node_runtime`], but for `cluster`, which runs
-    /// hundreds of nodes at once and uses every core. The commands that run until SIGTERM or
-    /// SIGINT block both first, for [`shutdown_signal`]; the one-shot tools leave Ctrl-C as it is.
+    /// The runtime the command runs on, [`node_runtime`]. The nodes, which run until SIGTERM
+    /// or SIGINT, block both first, for [`shutdown_signal`]; the tools leave Ctrl-C as it is.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
         match self.command {
-            Command::Bootstrap(_) | Command::Worker(_) | Command::Cluster(_) => {
-                block_shutdown_signals()?
-            }
-            Command::Put(_) | Command::Get(_) | Command::Ping(_) => {}
+            Command::Bootstrap(_) | Command::Worker(_) => block_shutdown_signals()?,
+            Command::Put(_) | Command::Get(_) | Command::Ping(_) | Command::Cluster(_) => {}
         }
-        match self.command {
-            Command::Cluster(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
-            _ => node_runtime(),
-        }
+        node_runtime()
     }
 }
 
@@ -80,7 +74,46 @@ pub enum Command {
     Ping(PingCommand),
     /// Run a whole DHT in this process on 127.0.0.1: a policy-sized bootstrap tier and
     /// workers joining through it; commands on stdin or from a scenario file.
-    Cluster(crate::cluster::ClusterArgs),
+    Cluster(ClusterCommand),
+}
+
+/// The binary `dht-node cluster` runs, installed next to dht-node. Its code (the simulation,
+/// scenarios, reports, a runtime for every core) was 190 KB of dht-node's, resident in every
+/// pod's node though no pod runs it.
+pub const CLUSTER_BINARY: &str = "dht-node-cluster";
+
+// `dht-node cluster FLAGS`: the flags, --help included, are CLUSTER_BINARY's to read.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct ClusterCommand {
+    /// The flags of `dht-node cluster` (`dht-node cluster --help` lists them).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "FLAGS")]
+    pub flags: Vec<std::ffi::OsString>,
+}
+
+impl ClusterCommand {
+    /// Becomes [`CLUSTER_BINARY`], found next to this executable, with these flags; returns
+    /// only if it cannot.
+    fn exec(&self, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+        use std::os::unix::process::CommandExt;
+        let own = std::env::current_exe().context("finding dht-node's own path")?;
+        let binary = own.with_file_name(CLUSTER_BINARY);
+        let mut command = std::process::Command::new(&binary);
+        command.arg0("dht-node cluster");
+        // Only when given: clap's usage line in an error names the flags given.
+        if let Some(format) =
+            log_format.to_possible_value().filter(|_| log_format != LogFormat::Text)
+        {
+            command.args(["--log-format", format.get_name()]);
+        }
+        let error = command.args(&self.flags).exec();
+        Err(error).with_context(|| {
+            format!(
+                "starting {} (`dht-node cluster` runs the binary installed next to dht-node)",
+                binary.display()
+            )
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -365,9 +398,9 @@ pub fn format_value(value: &Value, format: OutputFormat) -> String {
 pub async fn run(cli: Cli) -> ExitCode {
     let default_level = match cli.command {
         Command::Bootstrap(_) | Command::Worker(_) => LevelFilter::INFO,
-        // Hundreds of nodes in one process: one warning each would bury the tables.
-        Command::Cluster(_) => LevelFilter::ERROR,
-        Command::Put(_) | Command::Get(_) | Command::Ping(_) => LevelFilter::WARN,
+        Command::Put(_) | Command::Get(_) | Command::Ping(_) | Command::Cluster(_) => {
+            LevelFilter::WARN
+        }
     };
     logging::init(cli.log_format, default_level);
     let result = match cli.command {
@@ -380,7 +413,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Put(command) => put(command).await,
         Command::Get(command) => get(command).await,
         Command::Ping(command) => ping(command).await,
-        Command::Cluster(args) => crate::cluster::run(args).await,
+        Command::Cluster(command) => command.exec(cli.log_format),
     };
     match result {
         Ok(code) => code,
@@ -639,23 +672,29 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn every_flag_is_documented_and_the_parser_is_consistent() {
-        Cli::command().debug_assert();
-        let mut cli = Cli::command();
-        // Builds the deferred subcommands, as parsing builds the chosen one.
-        cli.build();
-        assert!(cli.find_subcommand("bootstrap").unwrap().get_arguments().count() > 0, "built");
-        for sub in cli.get_subcommands() {
+    /// Builds `command` (deferred subcommands too, as parsing builds the chosen one) and checks
+    /// that each of its flags and its subcommands' has help.
+    fn assert_every_flag_documented(mut command: clap::Command) {
+        command.build();
+        for sub in std::iter::once(&command).chain(command.get_subcommands()) {
             for arg in sub.get_arguments() {
-                assert!(
-                    arg.get_help().is_some(),
-                    "{} --{} has no help",
-                    sub.get_name(),
-                    arg.get_id()
-                );
+                let (command, flag) = (sub.get_name(), arg.get_id());
+                assert!(arg.get_help().is_some(), "{command} --{flag} has no help");
             }
         }
+    }
+
+    #[test]
+    fn every_flag_is_documented_and_the_parsers_are_consistent() {
+        Cli::command().debug_assert();
+        let mut cli = Cli::command();
+        cli.build();
+        assert!(cli.find_subcommand("bootstrap").unwrap().get_arguments().count() > 0, "built");
+        assert_every_flag_documented(Cli::command());
+        // `dht-node cluster`'s own binary reads these.
+        let cluster = crate::cluster::ClusterArgs::augment_args(clap::Command::new("cluster"));
+        cluster.clone().debug_assert();
+        assert_every_flag_documented(cluster);
     }
 
     #[test]

@@ -12,13 +12,7 @@ static ALLOCATOR: kadscale_node::allocator::NodeAllocator = kadscale_node::alloc
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.runtime() {
-        Ok(runtime) => {
-            let code = runtime.block_on(run(cli));
-            // A read of stdin (`cluster`) may still hold a thread: the command is done, so it is
-            // not waited for.
-            runtime.shutdown_background();
-            code
-        }
+        Ok(runtime) => runtime.block_on(run(cli)),
         Err(error) => {
             eprintln!("dht-node: cannot start the async runtime: {error}");
             ExitCode::FAILURE

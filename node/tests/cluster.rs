@@ -4,19 +4,22 @@
 use std::time::Duration;
 
 use clap::Parser;
-use kadscale_node::cli::{Cli, Command};
 use kadscale_node::cluster::report::ClusterReport;
 use kadscale_node::cluster::scenario::ClusterCommand;
 use kadscale_node::cluster::{Cluster, ClusterArgs, Outcome};
 use kadscale_node::codec::Value;
 use kadscale_node::tier::{RatioStatus, Tier};
 
+/// The flags as `dht-node cluster` reads them.
+#[derive(Parser)]
+struct ClusterFlags {
+    #[command(flatten)]
+    args: ClusterArgs,
+}
+
 fn cluster_args(flags: &[&str]) -> ClusterArgs {
-    let argv = ["dht-node", "cluster"].into_iter().chain(flags.iter().copied());
-    match Cli::try_parse_from(argv).expect("cluster flags parse").command {
-        Command::Cluster(args) => args,
-        other => panic!("not the cluster command: {other:?}"),
-    }
+    let argv = ["dht-node cluster"].into_iter().chain(flags.iter().copied());
+    ClusterFlags::try_parse_from(argv).expect("cluster flags parse").args
 }
 
 async fn apply(cluster: &mut Cluster, command: ClusterCommand) -> Outcome {

@@ -118,3 +118,29 @@ fn sigint_while_reading_stdin_ends_with_the_final_report() {
     assert!(output.status.success(), "exit {:?}\n{seen}\n{}", output.status, text(&output.stderr));
     assert!(seen.contains("== final =="), "{seen}");
 }
+
+#[test]
+fn cluster_help_is_the_cluster_binarys() {
+    let output = dht_node().args(["cluster", "--help"]).output().expect("dht-node runs");
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.contains("Usage: dht-node cluster [OPTIONS]"), "{stdout}");
+    assert!(stdout.contains("--workers <N>"), "{stdout}");
+}
+
+#[test]
+fn without_the_cluster_binary_the_error_names_it() {
+    let dir = std::env::temp_dir().join(format!("kadscale-lone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a directory");
+    let lone = dir.join("dht-node");
+    let built = env!("CARGO_BIN_EXE_dht-node");
+    if std::fs::hard_link(built, &lone).is_err() {
+        std::fs::copy(built, &lone).expect("copying dht-node");
+    }
+    let output = Command::new(&lone).args(["cluster", "--workers", "2"]).output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = output.expect("dht-node runs");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("dht-node-cluster"), "{stderr}");
+}
