@@ -57,7 +57,7 @@ pub fn node_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().max_io_events_per_tick(64).enable_all().build()
 }
 
-// Deferred: parsing builds only the chosen subcommand's flags (a bootstrap process kept 68 KiB
+// Deferred: parsing builds only the chosen subcommand's flags (a bootstrap process kept 64 KiB
 // of heap from building all of them).
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
@@ -78,7 +78,7 @@ pub enum Command {
 }
 
 /// The binary `dht-node cluster` runs, installed next to dht-node. Its code (the simulation,
-/// scenarios, reports, a runtime for every core) was 190 KB of dht-node's, resident in every
+/// scenarios, reports, a runtime for every core) was 196 KiB of dht-node's, resident in every
 /// pod's node though no pod runs it.
 pub const CLUSTER_BINARY: &str = "dht-node-cluster";
 

@@ -45,7 +45,8 @@ use crate::tier::{TierPlan, TierPolicy, TierStrategy};
 use report::{percentile, BootstrapRow, ClusterReport, ScaleUp};
 use scenario::{parse_line, parse_scenario, ClusterCommand, ScenarioStep, MAX_WORKERS};
 
-// Flags of `dht-node cluster` (not a doc comment: see cli::NodeOptions).
+// Flags of `dht-node cluster` (not a doc comment: clap would print it as the summary of the
+// command that flattens this).
 #[derive(Clone, Debug, Args)]
 pub struct ClusterArgs {
     /// Workers to start with.
