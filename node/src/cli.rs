@@ -72,8 +72,8 @@ pub enum Command {
     Get(GetCommand),
     /// Ping a node: print its id and the round-trip time; exit 1 when it does not answer.
     Ping(PingCommand),
-    /// Run a whole DHT in this process on 127.0.0.1: a policy-sized bootstrap tier and
-    /// workers joining through it; commands on stdin or from a scenario file.
+    /// A whole DHT in this process: [`crate::cluster::SUMMARY`].
+    #[command(about = crate::cluster::SUMMARY)]
     Cluster(ClusterCommand),
 }
 

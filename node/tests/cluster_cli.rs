@@ -124,6 +124,7 @@ fn cluster_help_is_the_cluster_binarys() {
     let output = dht_node().args(["cluster", "--help"]).output().expect("dht-node runs");
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.starts_with(kadscale_node::cluster::SUMMARY), "{stdout}");
     assert!(stdout.contains("Usage: dht-node cluster [OPTIONS]"), "{stdout}");
     assert!(stdout.contains("--workers <N>"), "{stdout}");
 }

@@ -14,10 +14,9 @@ use tracing_subscriber::filter::LevelFilter;
 #[global_allocator]
 static ALLOCATOR: kadscale_node::allocator::NodeAllocator = kadscale_node::allocator::NodeAllocator;
 
-/// Run a whole DHT in this process on 127.0.0.1: a policy-sized bootstrap tier and workers
-/// joining through it; commands on stdin or from a scenario file.
+// The command line of `dht-node cluster`.
 #[derive(Parser)]
-#[command(name = "dht-node cluster", version)]
+#[command(name = "dht-node cluster", version, about = cluster::SUMMARY)]
 struct Cli {
     /// Log line format on stderr; RUST_LOG sets the level (default error).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

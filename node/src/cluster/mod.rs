@@ -45,6 +45,10 @@ use crate::tier::{TierPlan, TierPolicy, TierStrategy};
 use report::{percentile, BootstrapRow, ClusterReport, ScaleUp};
 use scenario::{parse_line, parse_scenario, ClusterCommand, ScenarioStep, MAX_WORKERS};
 
+/// What `dht-node cluster` does, in `dht-node --help` and in its own.
+pub const SUMMARY: &str = "Run a whole DHT in this process on 127.0.0.1: a policy-sized \
+    bootstrap tier and workers joining through it; commands on stdin or from a scenario file";
+
 // Flags of `dht-node cluster` (not a doc comment: clap would print it as the summary of the
 // command that flattens this).
 #[derive(Clone, Debug, Args)]
