@@ -145,3 +145,24 @@ fn without_the_cluster_binary_the_error_names_it() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("dht-node-cluster"), "{stderr}");
 }
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let scenario = scenario_file("cli-closed", "status\nstatus\n");
+    let mut child = dht_node()
+        .args(["cluster", "--workers", "2", "--scenario"])
+        .arg(&scenario)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dht-node starts");
+    // The reading end closes before anything is written, as when `| head` has had its lines.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("dht-node ends");
+    let _ = std::fs::remove_file(&scenario);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("writing to stdout"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

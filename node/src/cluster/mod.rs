@@ -13,7 +13,7 @@
 pub mod report;
 pub mod scenario;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -710,8 +710,14 @@ enum Commands {
     None,
 }
 
-fn print(header: &str, outcome: &Outcome) {
-    println!("== {header} ==\n{outcome}");
+/// Writes a line to stdout: an error once stdout is closed (`dht-node cluster ... | head`),
+/// where `println!` panics.
+fn print_line(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    writeln!(std::io::stdout().lock(), "{line}").context("writing to stdout")
+}
+
+fn print(header: &str, outcome: &Outcome) -> anyhow::Result<()> {
+    print_line(format_args!("== {header} ==\n{outcome}"))
 }
 
 /// Runs `command` and prints what it did under a header naming it (after `label`), when it
@@ -733,7 +739,7 @@ async fn apply_and_print(
         at.as_secs_f64(),
         took.as_secs_f64()
     );
-    print(&header, &outcome);
+    print(&header, &outcome)?;
     Ok(false)
 }
 
@@ -785,19 +791,21 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let mut cluster = Cluster::start_with(args.clone(), gauges, true).await?;
     let header =
         format!("workers {} (start, took {:.2} s)", args.workers, started.elapsed().as_secs_f64());
-    print(&header, &Outcome::Report(Box::new(cluster.report())));
+    print(&header, &Outcome::Report(Box::new(cluster.report())))?;
 
     // SIGTERM or SIGINT ends any of the three ways of running, with the final report.
     let result = tokio::select! {
         result = run_commands(&mut cluster, commands, scenario, started) => result,
         signal = shutdown_signal() => signal.map(drop).context("waiting for SIGTERM or SIGINT"),
     };
+    let result = async {
+        result?;
+        cluster.tick().await?;
+        print("final", &Outcome::Report(Box::new(cluster.report())))
+    }
+    .await;
     let code = match result {
-        Ok(()) => {
-            cluster.tick().await?;
-            print("final", &Outcome::Report(Box::new(cluster.report())));
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("dht-node cluster: {error:#}");
             ExitCode::from(1)
@@ -823,7 +831,7 @@ async fn run_commands(
         (Commands::Scenario(path), Some(steps)) => {
             for step in steps {
                 for note in &step.notes {
-                    println!("# {note}");
+                    print_line(format_args!("# {note}"))?;
                 }
                 let label = format!("{}:{} ", path.display(), step.line);
                 let quit =
