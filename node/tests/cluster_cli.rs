@@ -143,7 +143,7 @@ fn without_the_cluster_binary_the_error_names_it() {
     let output = output.expect("dht-node runs");
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("dht-node-cluster"), "{stderr}");
+    assert!(stderr.contains(kadscale_node::cli::CLUSTER_BINARY), "{stderr}");
 }
 
 #[test]
