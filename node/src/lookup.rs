@@ -297,6 +297,9 @@ impl Lookup {
         });
         // Grown by the new candidates first (as placeholders), then filled from the back.
         let mut old = self.candidates.len();
+        // Exactly: doubling left many lookups of a join storm holding room for 112 candidates
+        // (6 KiB) when 60 were known, and each node of a process joins at once.
+        self.candidates.reserve_exact(contacts.len());
         self.candidates
             .extend(contacts.iter().map(|&contact| Candidate::waiting(contact, &target)));
         let mut write = self.candidates.len();
@@ -554,6 +557,25 @@ mod tests {
             let waiting = lookup.candidates.iter().filter(|c| c.state == State::Waiting).count();
             assert!(waiting <= 4 * CANDIDATE_SLACK_FACTOR, "{waiting} candidates kept");
         }
+    }
+
+    #[test]
+    fn the_candidates_hold_no_more_room_than_they_ever_needed() {
+        let seeds: Vec<Contact> = (0..3).map(|port| contact(NodeId::random(), port)).collect();
+        let mut lookup =
+            Lookup::new(NodeId::random(), LookupKind::FindNode, seeds, 20, 3, NodeId::ZERO);
+        let mut longest = lookup.candidates.len();
+        for round in 0..2u16 {
+            for peer in lookup.next_batch() {
+                // Each answer names 20 nodes nobody named before, as early in a join.
+                let fresh = (0..20).map(|i| contact(NodeId::random(), 100 * round + i)).collect();
+                lookup.on_nodes(&peer.id, fresh);
+                longest = longest.max(lookup.candidates.len());
+            }
+        }
+        assert!(longest > 100, "the lookup met {longest} candidates, too few to tell");
+        // Doubling would have room for 184.
+        assert_eq!(lookup.candidates.capacity(), longest);
     }
 
     #[test]
