@@ -705,9 +705,10 @@ impl Node {
     /// ending when the `k` closest nodes it found answered. Each starts from the configured `k`
     /// closest contacts and `alpha` more, not just the `alpha` it asks first: when those are
     /// dead (the seeds a node joined through, say), the lookup goes on through the others.
-    /// Not all at once, as Python does: every worker of a storm ran five or so lookups together
-    /// a second after its join, and the bursts cost each bootstrap node 90 KiB of heap at 1,000
-    /// workers; one at a time, each also starts from what the ones before it found.
+    /// Not all at once, as Python does: every worker of a storm ran a lookup for each of its far
+    /// buckets together a second after its join, and the bursts cost each bootstrap node 90 KiB
+    /// of resident memory at 1,000 workers; one at a time, each also starts from what the ones
+    /// before it found.
     async fn refresh_buckets(&self, ranges: Vec<(NodeId, NodeId)>, k: usize) {
         let known = self.inner.config.k + self.inner.config.alpha;
         for (low, high) in ranges {
