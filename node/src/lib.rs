@@ -20,3 +20,11 @@ pub mod shutdown;
 pub mod storage;
 pub mod tier;
 pub mod transport;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, poisoned or not: every critical section of this crate leaves its data
+/// consistent (a single update, or updates that cannot panic halfway).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

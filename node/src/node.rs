@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::{join_all, BoxFuture};
@@ -23,6 +23,7 @@ use crate::codec::{
 };
 use crate::config::{ConfigError, NodeConfig};
 use crate::id::NodeId;
+use crate::lock;
 use crate::lookup::{Lookup, LookupKind, LookupOutcome};
 use crate::metrics::Metrics;
 use crate::routing::{Insert, RoutingTable};
@@ -179,11 +180,6 @@ impl StallTimer {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its data consistent, so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Node {
     /// Binds `listen`, starts answering requests and refreshing buckets.
     pub async fn start(
@@ -274,14 +270,14 @@ impl Node {
     fn with_table<R>(&self, change: impl FnOnce(&mut RoutingTable) -> R) -> R {
         let mut table = lock(&self.inner.table);
         let result = change(&mut table);
-        self.inner.metrics.routing_table_contacts.set(table.len() as i64);
+        self.inner.metrics.set_routing_table_contacts(table.len());
         result
     }
 
     fn with_storage<R>(&self, change: impl FnOnce(&mut Storage) -> R) -> R {
         let mut storage = lock(&self.inner.storage);
         let result = change(&mut storage);
-        self.inner.metrics.stored_values.set(storage.len() as i64);
+        self.inner.metrics.set_stored_values(storage.len());
         result
     }
 
@@ -432,12 +428,7 @@ impl Node {
             tokio::spawn(in_flight.for_each(|_| async {}));
         }
         let outcome = lookup.outcome();
-        let result = match &outcome {
-            LookupOutcome::Value { .. } => "value",
-            LookupOutcome::Nodes(nodes) if nodes.is_empty() => "empty",
-            LookupOutcome::Nodes(_) => "nodes",
-        };
-        self.inner.metrics.lookup_finished(kind.method(), result);
+        self.inner.metrics.lookup_finished(kind, &outcome);
         outcome
     }
 

@@ -21,6 +21,7 @@ use crate::codec::{
     Response, MAX_REQUEST_BODY, MESSAGE_ID_LEN, REQUEST,
 };
 use crate::config::NodeConfig;
+use crate::lock;
 use crate::metrics::{DropReason, Metrics, Outcome, Procedure};
 use crate::random_key::RandomKeys;
 use crate::rate_limit::SourceLimits;
@@ -185,8 +186,7 @@ impl Transport {
     }
 
     fn pending(&self) -> MutexGuard<'_, PendingCalls> {
-        // A panic while holding this lock cannot leave the map inconsistent; keep going.
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.pending)
     }
 
     /// Sends `request` to `peer`, waits up to `timeout` for its answer and reads its msgpack

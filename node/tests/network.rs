@@ -298,15 +298,7 @@ async fn refresh_looks_up_stale_buckets_and_republishes_old_values() {
 }
 
 fn lookup_count(node: &Node) -> u64 {
-    ["nodes", "empty", "value"]
-        .into_iter()
-        .map(|outcome| {
-            node.metrics()
-                .lookups
-                .get_or_create(&kadscale_node::metrics::LookupLabels { kind: "find_node", outcome })
-                .get()
-        })
-        .sum()
+    node.metrics().lookups_total(kadscale_node::lookup::LookupKind::FindNode)
 }
 
 #[tokio::test]

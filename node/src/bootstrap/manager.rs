@@ -8,17 +8,12 @@ use std::collections::HashSet;
 use std::fmt::{self, Write};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
-};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::{Registry, Unit};
 use rand::rngs::SmallRng;
@@ -27,7 +22,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::metrics::{encode_all, upper_bounds, BucketHistogram};
+use crate::lock;
+use crate::metrics::{encode_series, upper_bounds, BucketHistogram, Sample, NO_LABELS};
 
 use super::backoff::Backoff;
 use super::discovery::{merge, Discovery, PoolChange, Resolve};
@@ -154,205 +150,254 @@ impl EncodeLabelValue for EndpointAddr {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: EndpointAddr,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StrategyLabels {
-    strategy: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointOutcomeLabels {
-    endpoint: EndpointAddr,
-    outcome: &'static str,
-}
-
 /// Per-endpoint ping outcomes during joins, as labelled in the metrics.
 const PING_OUTCOMES: [&str; 3] = ["answered", "no_answer", "self"];
 
-type FloatGauge = Gauge<f64, AtomicU64>;
+/// [`JoinOutcome::name`] of each outcome, as labelled in the metrics.
+const JOIN_OUTCOMES: [&str; 4] = ["joined", "no_endpoints", "no_answer", "no_peers"];
 
 /// `join_duration`: 10 ms to about 82 s, a join is one round trip on loopback, minutes when
 /// every bootstrap node is down.
 static JOIN_DURATION_BOUNDS: LazyLock<Box<[f64]>> =
     LazyLock::new(|| upper_bounds(exponential_buckets(0.01, 2.0, 14)));
 
-/// The bootstrap manager's metrics, all prefixed `kadscale_bootstrap_`.
+/// The bootstrap manager's metrics, all prefixed `kadscale_bootstrap_`, in one allocation that
+/// its clones share (as the node's, [`crate::metrics::Metrics`], for the same reason).
 #[derive(Clone, Debug)]
-pub struct BootstrapMetrics {
-    endpoints: Gauge,
-    endpoint_healthy: Family<EndpointLabels, Gauge>,
-    endpoint_consecutive_failures: Family<EndpointLabels, Gauge>,
-    endpoint_rtt: Family<EndpointLabels, FloatGauge>,
-    reported_joins_last_minute: Family<EndpointLabels, Gauge>,
-    reported_routing_table_size: Family<EndpointLabels, Gauge>,
-    reported_requests_per_second: Family<EndpointLabels, FloatGauge>,
-    reported_overloaded: Family<EndpointLabels, Gauge>,
-    selections: Family<StrategyLabels, Counter>,
-    join_attempts: Counter,
-    join_outcomes: Family<OutcomeLabels, Counter>,
-    join_pings: Family<EndpointOutcomeLabels, Counter>,
+pub struct BootstrapMetrics(Arc<BootstrapFigures>);
+
+#[derive(Debug)]
+struct BootstrapFigures {
+    endpoints: AtomicI64,
+    /// What each endpoint in the pool last showed; an endpoint leaves with its series.
+    by_endpoint: Mutex<Vec<EndpointFigures>>,
+    /// By [`SelectionStrategy::ALL`].
+    selections: [AtomicU64; SelectionStrategy::ALL.len()],
+    join_attempts: AtomicU64,
+    /// By [`JOIN_OUTCOMES`].
+    join_outcomes: [AtomicU64; JOIN_OUTCOMES.len()],
     join_duration: BucketHistogram,
+}
+
+/// A per-endpoint metric: name, help, unit, and its sample of an endpoint, if it has one.
+type EndpointMetric = (
+    &'static str,
+    &'static str,
+    Option<&'static Unit>,
+    fn(&EndpointFigures) -> Option<Sample<'static>>,
+);
+
+/// One endpoint's series.
+#[derive(Debug)]
+struct EndpointFigures {
+    addr: EndpointAddr,
+    healthy: bool,
+    consecutive_failures: u32,
+    rtt: Option<Duration>,
+    report: Option<LoadReport>,
+    /// Join pings by [`PING_OUTCOMES`].
+    pings: [u64; PING_OUTCOMES.len()],
 }
 
 impl BootstrapMetrics {
     /// Creates the metrics and registers them into `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = BootstrapMetrics {
-            endpoints: Gauge::default(),
-            endpoint_healthy: Family::default(),
-            endpoint_consecutive_failures: Family::default(),
-            endpoint_rtt: Family::default(),
-            reported_joins_last_minute: Family::default(),
-            reported_routing_table_size: Family::default(),
-            reported_requests_per_second: Family::default(),
-            reported_overloaded: Family::default(),
-            selections: Family::default(),
-            join_attempts: Counter::default(),
-            join_outcomes: Family::default(),
-            join_pings: Family::default(),
+        let metrics = BootstrapMetrics(Arc::new(BootstrapFigures {
+            endpoints: AtomicI64::new(0),
+            by_endpoint: Mutex::default(),
+            selections: Default::default(),
+            join_attempts: AtomicU64::new(0),
+            join_outcomes: Default::default(),
             join_duration: BucketHistogram::new(&JOIN_DURATION_BOUNDS),
-        };
+        }));
         // One collector, its names prefixed, as the node's metrics (`metrics::Metrics::new`
         // says why).
         registry.register_collector(Box::new(metrics.clone()));
         metrics
     }
 
+    /// Runs `update` on the series of the endpoint at `addr`, made on its first use.
+    fn update_endpoint(&self, addr: SocketAddr, update: impl FnOnce(&mut EndpointFigures)) {
+        let mut by_endpoint = lock(&self.0.by_endpoint);
+        let addr = EndpointAddr(addr);
+        let index = match by_endpoint.iter().position(|figures| figures.addr == addr) {
+            Some(index) => index,
+            None => {
+                by_endpoint.push(EndpointFigures {
+                    addr,
+                    healthy: false,
+                    consecutive_failures: 0,
+                    rtt: None,
+                    report: None,
+                    pings: [0; PING_OUTCOMES.len()],
+                });
+                by_endpoint.len() - 1
+            }
+        };
+        update(&mut by_endpoint[index]);
+    }
+
     fn publish_health(&self, state: &EndpointState) {
-        let labels = endpoint_labels(state);
         let health = &state.health;
-        self.endpoint_healthy.get_or_create(&labels).set(i64::from(health.is_healthy()));
-        self.endpoint_consecutive_failures
-            .get_or_create(&labels)
-            .set(i64::from(health.consecutive_failures()));
-        if let Some(rtt) = health.last_rtt() {
-            self.endpoint_rtt.get_or_create(&labels).set(rtt.as_secs_f64());
-        }
+        self.update_endpoint(state.endpoint.addr, |figures| {
+            figures.healthy = health.is_healthy();
+            figures.consecutive_failures = health.consecutive_failures();
+            figures.rtt = health.last_rtt().or(figures.rtt);
+        });
     }
 
     fn publish_load(&self, state: &EndpointState, report: &LoadReport) {
-        let labels = endpoint_labels(state);
-        let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        self.reported_joins_last_minute.get_or_create(&labels).set(count(report.joins_last_minute));
-        self.reported_routing_table_size
-            .get_or_create(&labels)
-            .set(count(report.routing_table_size));
-        self.reported_requests_per_second.get_or_create(&labels).set(report.requests_per_second);
-        self.reported_overloaded.get_or_create(&labels).set(i64::from(report.overloaded));
+        self.update_endpoint(state.endpoint.addr, |figures| figures.report = Some(report.clone()));
+    }
+
+    /// Counts a join ping of `addr` that ended in `outcome`, one of [`PING_OUTCOMES`].
+    fn join_pinged(&self, addr: SocketAddr, outcome: &str) {
+        if let Some(index) = PING_OUTCOMES.iter().position(|known| *known == outcome) {
+            self.update_endpoint(addr, |figures| figures.pings[index] += 1);
+        }
     }
 
     /// Drops the series of an endpoint that left the pool.
     fn forget(&self, addr: SocketAddr) {
-        let labels = EndpointLabels { endpoint: EndpointAddr(addr) };
-        self.endpoint_healthy.remove(&labels);
-        self.endpoint_consecutive_failures.remove(&labels);
-        self.endpoint_rtt.remove(&labels);
-        self.reported_joins_last_minute.remove(&labels);
-        self.reported_routing_table_size.remove(&labels);
-        self.reported_requests_per_second.remove(&labels);
-        self.reported_overloaded.remove(&labels);
-        for outcome in PING_OUTCOMES {
-            self.join_pings.remove(&EndpointOutcomeLabels { endpoint: labels.endpoint, outcome });
-        }
+        lock(&self.0.by_endpoint).retain(|figures| figures.addr != EndpointAddr(addr));
     }
 }
 
 impl Collector for BootstrapMetrics {
-    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
-        let seconds = Some(&Unit::Seconds);
-        encode_all(
-            encoder,
-            &[
-                (
-                    "kadscale_bootstrap_endpoints",
-                    "Bootstrap endpoints in the pool.",
-                    None,
-                    &self.endpoints,
-                ),
-                (
-                    "kadscale_bootstrap_endpoint_healthy",
-                    "1 while the endpoint is healthy (fewer consecutive failures than the \
-                     threshold).",
-                    None,
-                    &self.endpoint_healthy,
-                ),
-                (
-                    "kadscale_bootstrap_endpoint_consecutive_failures",
-                    "Pings and join pings the endpoint failed in a row.",
-                    None,
-                    &self.endpoint_consecutive_failures,
-                ),
-                (
-                    "kadscale_bootstrap_endpoint_rtt",
-                    "Round-trip time of the endpoint's last answered ping.",
-                    seconds,
-                    &self.endpoint_rtt,
-                ),
-                (
-                    "kadscale_bootstrap_endpoint_reported_joins_last_minute",
-                    "Joins the endpoint reported serving in the last minute (kadscale_load).",
-                    None,
-                    &self.reported_joins_last_minute,
-                ),
-                (
-                    "kadscale_bootstrap_endpoint_reported_routing_table_size",
-                    "Routing-table size the endpoint reported (kadscale_load).",
-                    None,
-                    &self.reported_routing_table_size,
-                ),
-                (
-                    "kadscale_bootstrap_endpoint_reported_requests_per_second",
-                    "Requests per second the endpoint reported (kadscale_load).",
-                    None,
-                    &self.reported_requests_per_second,
-                ),
-                (
-                    "kadscale_bootstrap_endpoint_reported_overloaded",
-                    "1 when the endpoint reported itself above its join limit (kadscale_load).",
-                    None,
-                    &self.reported_overloaded,
-                ),
-                (
-                    "kadscale_bootstrap_selections",
-                    "Endpoint selections for joins, by strategy.",
-                    None,
-                    &self.selections,
-                ),
-                ("kadscale_bootstrap_join_attempts", "Join attempts.", None, &self.join_attempts),
-                (
-                    "kadscale_bootstrap_join_outcomes",
-                    "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).",
-                    None,
-                    &self.join_outcomes,
-                ),
-                (
-                    "kadscale_bootstrap_join_pings",
-                    "Endpoint pings during join attempts, by endpoint and outcome.",
-                    None,
-                    &self.join_pings,
-                ),
-                (
-                    "kadscale_bootstrap_join_duration",
-                    "Time from the first attempt of a join to the routing table holding peers.",
-                    seconds,
-                    &self.join_duration,
-                ),
-            ],
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let metrics = &*self.0;
+        let by_endpoint = lock(&metrics.by_endpoint);
+        encode_series(
+            &mut encoder,
+            "kadscale_bootstrap_endpoints",
+            "Bootstrap endpoints in the pool.",
+            None,
+            [(NO_LABELS, Sample::Gauge(metrics.endpoints.load(Ordering::Relaxed)))],
+        )?;
+        // A series of each endpoint of which `sample` says something.
+        let per_endpoint = |sample: fn(&EndpointFigures) -> Option<Sample<'static>>| {
+            by_endpoint.iter().filter_map(move |figures| {
+                sample(figures).map(|sample| ([("endpoint", figures.addr)], sample))
+            })
+        };
+        let described: [EndpointMetric; 7] = [
+            (
+                "kadscale_bootstrap_endpoint_healthy",
+                "1 while the endpoint is healthy (fewer consecutive failures than the \
+                 threshold).",
+                None,
+                |figures| flag(figures.healthy),
+            ),
+            (
+                "kadscale_bootstrap_endpoint_consecutive_failures",
+                "Pings and join pings the endpoint failed in a row.",
+                None,
+                |figures| gauge(figures.consecutive_failures.into()),
+            ),
+            (
+                "kadscale_bootstrap_endpoint_rtt",
+                "Round-trip time of the endpoint's last answered ping.",
+                Some(&Unit::Seconds),
+                |figures| figures.rtt.map(|rtt| Sample::FloatGauge(rtt.as_secs_f64())),
+            ),
+            (
+                "kadscale_bootstrap_endpoint_reported_joins_last_minute",
+                "Joins the endpoint reported serving in the last minute (kadscale_load).",
+                None,
+                |figures| {
+                    figures.report.as_ref().and_then(|report| gauge(report.joins_last_minute))
+                },
+            ),
+            (
+                "kadscale_bootstrap_endpoint_reported_routing_table_size",
+                "Routing-table size the endpoint reported (kadscale_load).",
+                None,
+                |figures| {
+                    figures.report.as_ref().and_then(|report| gauge(report.routing_table_size))
+                },
+            ),
+            (
+                "kadscale_bootstrap_endpoint_reported_requests_per_second",
+                "Requests per second the endpoint reported (kadscale_load).",
+                None,
+                |figures| {
+                    figures
+                        .report
+                        .as_ref()
+                        .map(|report| Sample::FloatGauge(report.requests_per_second))
+                },
+            ),
+            (
+                "kadscale_bootstrap_endpoint_reported_overloaded",
+                "1 when the endpoint reported itself above its join limit (kadscale_load).",
+                None,
+                |figures| figures.report.as_ref().and_then(|report| flag(report.overloaded)),
+            ),
+        ];
+        for (name, help, unit, sample) in described {
+            encode_series(&mut encoder, name, help, unit, per_endpoint(sample))?;
+        }
+        let selections = SelectionStrategy::ALL
+            .iter()
+            .zip(&metrics.selections)
+            .map(|(strategy, count)| ([("strategy", strategy.name())], Sample::counted(count)));
+        encode_series(
+            &mut encoder,
+            "kadscale_bootstrap_selections",
+            "Endpoint selections for joins, by strategy.",
+            None,
+            selections.filter(|(_, count)| !count.is_zero()),
+        )?;
+        encode_series(
+            &mut encoder,
+            "kadscale_bootstrap_join_attempts",
+            "Join attempts.",
+            None,
+            [(NO_LABELS, Sample::counted(&metrics.join_attempts))],
+        )?;
+        let outcomes = JOIN_OUTCOMES
+            .into_iter()
+            .zip(&metrics.join_outcomes)
+            .map(|(outcome, count)| ([("outcome", outcome)], Sample::counted(count)));
+        encode_series(
+            &mut encoder,
+            "kadscale_bootstrap_join_outcomes",
+            "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).",
+            None,
+            outcomes.filter(|(_, count)| !count.is_zero()),
+        )?;
+        let pings = by_endpoint.iter().flat_map(|figures| {
+            PING_OUTCOMES.into_iter().zip(figures.pings).filter(|(_, count)| *count > 0).map(
+                |(outcome, count)| {
+                    (([("endpoint", figures.addr)], [("outcome", outcome)]), Sample::Counter(count))
+                },
+            )
+        });
+        encode_series(
+            &mut encoder,
+            "kadscale_bootstrap_join_pings",
+            "Endpoint pings during join attempts, by endpoint and outcome.",
+            None,
+            pings,
+        )?;
+        encode_series(
+            &mut encoder,
+            "kadscale_bootstrap_join_duration",
+            "Time from the first attempt of a join to the routing table holding peers.",
+            Some(&Unit::Seconds),
+            [(NO_LABELS, Sample::Histogram(&metrics.join_duration))],
         )
     }
 }
 
-fn endpoint_labels(state: &EndpointState) -> EndpointLabels {
-    EndpointLabels { endpoint: EndpointAddr(state.endpoint.addr) }
+/// A count as a gauge's sample.
+fn gauge(count: u64) -> Option<Sample<'static>> {
+    Some(Sample::Gauge(i64::try_from(count).unwrap_or(i64::MAX)))
+}
+
+/// 1 for true, 0 for false.
+fn flag(value: bool) -> Option<Sample<'static>> {
+    Some(Sample::Gauge(i64::from(value)))
 }
 
 /// The endpoint pool and what selection needs, behind one lock that is never held across an
@@ -443,9 +488,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
     }
 
     fn lock_pool(&self) -> MutexGuard<'_, Pool> {
-        // A panic elsewhere while holding the lock leaves consistent data: every update is a
-        // plain field write.
-        self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.pool)
     }
 
     /// Discovers endpoints once and merges them into the pool.
@@ -458,7 +501,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
             let mut pool = self.lock_pool();
             let change = merge(&mut pool.entries, discovered.endpoints);
             pool.sync_candidates();
-            self.metrics.endpoints.set(pool.entries.len() as i64);
+            self.metrics.0.endpoints.store(pool.entries.len() as i64, Ordering::Relaxed);
             for state in &pool.entries {
                 self.metrics.publish_health(state);
             }
@@ -596,8 +639,8 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         }
         pool.sync_candidates();
         if !selected.is_empty() {
-            let strategy = self.config.strategy.name();
-            self.metrics.selections.get_or_create(&StrategyLabels { strategy }).inc();
+            let strategy = self.config.strategy as usize;
+            self.metrics.0.selections[strategy].fetch_add(1, Ordering::Relaxed);
         }
         selected
     }
@@ -606,7 +649,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
     /// of them answers), then join through the ones that answered. Endpoints that did not
     /// answer go into `excluded`, so that the next attempt tries others.
     pub async fn join_once(&self, excluded: &mut HashSet<SocketAddr>) -> JoinAttempt {
-        self.metrics.join_attempts.inc();
+        self.metrics.0.join_attempts.fetch_add(1, Ordering::Relaxed);
         let selected = self.select_for_join(excluded);
         let mut pings = self.ping_all(&selected).await;
         if self.config.fallback && !pings.iter().any(|(_, result)| result.is_ok()) {
@@ -633,8 +676,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
                     "no_answer"
                 }
             };
-            let labels = EndpointOutcomeLabels { endpoint: EndpointAddr(*addr), outcome };
-            self.metrics.join_pings.get_or_create(&labels).inc();
+            self.metrics.join_pinged(*addr, outcome);
         }
         let outcome = if pings.is_empty() {
             JoinOutcome::NoEndpoints
@@ -645,7 +687,9 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         } else {
             JoinOutcome::NoPeers { seeds }
         };
-        self.metrics.join_outcomes.get_or_create(&OutcomeLabels { outcome: outcome.name() }).inc();
+        if let Some(index) = JOIN_OUTCOMES.iter().position(|name| *name == outcome.name()) {
+            self.metrics.0.join_outcomes[index].fetch_add(1, Ordering::Relaxed);
+        }
         JoinAttempt { outcome, pings }
     }
 
@@ -659,7 +703,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
             let result = self.join_once(&mut excluded).await;
             if let JoinOutcome::Joined { seeds } = &result.outcome {
                 let took = started.elapsed();
-                self.metrics.join_duration.observe(took.as_secs_f64());
+                self.metrics.0.join_duration.observe(took.as_secs_f64());
                 tracing::info!(?seeds, attempts = attempt + 1, ?took, "joined the DHT");
                 self.joined.send_replace(true);
                 return took;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -15,14 +15,10 @@ use super::load::{LoadReport, LoadTracker, JOINED_PROCEDURE, LOAD_PROCEDURE};
 use super::manager::{BootstrapManager, BootstrapMetrics, ProbeError, Prober};
 use crate::codec::Contact;
 use crate::id::NodeId;
-use crate::metrics::{MethodLabels, Metrics, PROCEDURES};
+use crate::lock;
+use crate::metrics::{Metrics, PROCEDURES};
 use crate::node::Node;
 use crate::transport::RpcError;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a single update, so a poisoned lock is still consistent.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Probes bootstrap endpoints with a running node's own RPCs.
 pub struct NodeProber {
@@ -108,9 +104,7 @@ fn requests_total(metrics: &Metrics) -> u64 {
     PROCEDURES
         .iter()
         .chain(&[LOAD_PROCEDURE, JOINED_PROCEDURE])
-        .map(|method| {
-            metrics.requests_served.get_or_create(&MethodLabels { method: (*method).into() }).get()
-        })
+        .map(|method| metrics.served_total(method))
         .sum()
 }
 
@@ -125,8 +119,7 @@ pub fn serve_load(node: &Node, tracker: LoadTracker) {
         LOAD_PROCEDURE,
         Arc::new(move |_from, _args| {
             let now = Instant::now();
-            let routing_table_size =
-                usize::try_from(metrics.routing_table_contacts.get()).unwrap_or(0);
+            let routing_table_size = metrics.routing_table_contacts();
             let mut tracker = lock(&load_tracker);
             tracker.observe_requests_total(now, requests_total(&metrics));
             Some(tracker.report(now, routing_table_size).to_value())
@@ -182,7 +175,7 @@ mod tests {
     };
     use crate::bootstrap::selection::SelectionStrategy;
     use crate::config::NodeConfig;
-    use crate::metrics::{DropLabels, DropReason};
+    use crate::metrics::DropReason;
 
     const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -430,10 +423,8 @@ mod tests {
         announcer.notify_seeds(vec![busy.local_addr(); 3]);
         joins_served(&announcer, &[&busy], 3).await;
         // Notices are served without an answer: one would reach the announcer unawaited.
-        let joined = MethodLabels { method: JOINED_PROCEDURE.into() };
-        assert_eq!(busy.metrics().requests_served.get_or_create(&joined).get(), 3);
-        let unmatched = DropLabels { reason: DropReason::Unmatched };
-        assert_eq!(announcer.node.metrics().datagrams_dropped.get_or_create(&unmatched).get(), 0);
+        assert_eq!(busy.metrics().served_total(JOINED_PROCEDURE), 3);
+        assert_eq!(announcer.node.metrics().dropped_total(DropReason::Unmatched), 0);
 
         let worker = start_node().await;
         let manager = manager_for(&worker, &[&busy, &idle], SelectionStrategy::LeastLoaded);

@@ -39,7 +39,6 @@ use crate::cli::{ManagedNode, Role};
 use crate::codec::Value;
 use crate::config::NodeConfig;
 use crate::id::key_digest;
-use crate::metrics::MethodLabels;
 use crate::shutdown::shutdown_signal;
 use crate::tier::{TierPlan, TierPolicy, TierStrategy};
 use report::{percentile, BootstrapRow, ClusterReport, ScaleUp};
@@ -627,7 +626,6 @@ impl Cluster {
     /// The figures of the table, now.
     pub fn report(&self) -> ClusterReport {
         let join_times: Vec<Duration> = self.workers.iter().filter_map(Worker::join_time).collect();
-        let joined_method = MethodLabels { method: JOINED_PROCEDURE.into() };
         let bootstraps = self
             .bootstraps
             .iter()
@@ -636,9 +634,10 @@ impl Cluster {
                 index,
                 addr: slot.addr,
                 running: slot.node.is_some(),
-                joins_served: slot.node.as_ref().map_or(0, |managed| {
-                    managed.node.metrics().requests_served.get_or_create(&joined_method).get()
-                }),
+                joins_served: slot
+                    .node
+                    .as_ref()
+                    .map_or(0, |managed| managed.node.metrics().served_total(JOINED_PROCEDURE)),
                 routing_table: slot.node.as_ref().map_or(0, |m| m.node.routing_table_len()),
             })
             .collect();
