@@ -15,7 +15,7 @@ fn contacts(count: u16) -> Vec<Contact> {
     (0..count)
         .map(|i| Contact {
             id: NodeId::random(),
-            addr: SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 5678 + i)),
+            addr: SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 5678 + i)).into(),
         })
         .collect()
 }

@@ -20,7 +20,7 @@ fn lookup(c: &mut Criterion) {
     let nodes: Vec<Contact> = (0..NODES)
         .map(|i| Contact {
             id: NodeId::random(),
-            addr: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5678)),
+            addr: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5678)).into(),
         })
         .collect();
     let tables: Vec<RoutingTable> = nodes

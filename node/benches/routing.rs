@@ -16,7 +16,7 @@ fn contacts() -> Vec<Contact> {
     (0..CONTACTS)
         .map(|i| Contact {
             id: NodeId::random(),
-            addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5678)),
+            addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5678)).into(),
         })
         .collect()
 }

@@ -8,7 +8,7 @@
 //! reports the byte offset or the field that was wrong.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rmpv::Value as Msgpack;
 
@@ -70,7 +70,58 @@ impl Value {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Contact {
     pub id: NodeId,
-    pub addr: SocketAddr,
+    pub addr: PeerAddr,
+}
+
+/// A peer's UDP address as `find_node` answers carry it, an IP and a port, in 18 bytes where a
+/// [`SocketAddr`] takes 32 (an IPv6 one holds a flow label and scope id the protocol never
+/// carries): the routing table and every lookup's candidates hold one per contact, and memory
+/// per node is what the benchmarks count.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    /// IPv4 in its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`): one layout for both families, and
+    /// an IPv4 peer seen through a dual-stack socket is the same address, as the transport
+    /// already treats it.
+    ip: [u8; 16],
+    port: u16,
+}
+
+impl PeerAddr {
+    pub fn new(ip: IpAddr, port: u16) -> PeerAddr {
+        let ip = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        PeerAddr { ip: ip.octets(), port }
+    }
+
+    /// The IP address: IPv4 for an IPv4-mapped one.
+    pub fn ip(&self) -> IpAddr {
+        Ipv6Addr::from(self.ip).to_canonical()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address to send to: IPv4 for an IPv4-mapped IP, otherwise IPv6 with flow label and
+    /// scope id 0.
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.port)
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    /// Drops an IPv6 address's flow label and scope id.
+    fn from(addr: SocketAddr) -> PeerAddr {
+        PeerAddr::new(addr.ip(), addr.port())
+    }
+}
+
+impl fmt::Debug for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerAddr({})", self.socket_addr())
+    }
 }
 
 /// A request as the receiver sees it. `sender` is the node id the caller claims.
@@ -330,7 +381,7 @@ pub fn stun_answer(body: &[u8]) -> Result<SocketAddr, DecodeError> {
     }
     let addr = reader.address(&field)?;
     reader.finish()?;
-    Ok(addr)
+    Ok(addr.socket_addr())
 }
 
 /// Reads a `find_node` answer, `[[id, ip, port], ...]`, straight from its bytes: a lookup
@@ -553,7 +604,7 @@ impl<'a> Reader<'a> {
 
     /// A contact's or stun answer's address as Python writes it: the IP as its text, then the
     /// port as an int.
-    fn address(&mut self, field: FieldName) -> Result<SocketAddr, DecodeError> {
+    fn address(&mut self, field: FieldName) -> Result<PeerAddr, DecodeError> {
         let ip_field = || format!("{} ip", field());
         let at = self.pos;
         let marker = self.marker_of(Kind::Str, &ip_field)?;
@@ -570,7 +621,7 @@ impl<'a> Reader<'a> {
         let port = port.as_u64().and_then(|port| u16::try_from(port).ok()).ok_or_else(|| {
             DecodeError::field(port_field(), format!("expected a port number, got {port}"))
         })?;
-        Ok(SocketAddr::new(ip, port))
+        Ok(PeerAddr::new(ip, port))
     }
 
     /// The integer after an int marker: unsigned forms as u64, signed ones as i64.
@@ -763,7 +814,7 @@ fn write_contacts(out: &mut Vec<u8>, contacts: &[Contact]) {
                 write_ip(out, ip);
             }
         }
-        write_int(out, i128::from(contact.addr.port()));
+        write_int(out, i128::from(contact.addr.port));
     }
 }
 
@@ -1049,7 +1100,7 @@ pub fn check_decoder(datagram: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
     use super::*;
 
@@ -1076,6 +1127,36 @@ mod tests {
         hex::encode(&datagram[1 + MESSAGE_ID_LEN..])
     }
 
+    fn peer(text: &str) -> PeerAddr {
+        text.parse::<SocketAddr>().unwrap().into()
+    }
+
+    #[test]
+    fn a_contact_is_38_bytes() {
+        // An id of 20 and an address of 18, no padding: 52 with a `SocketAddr`.
+        assert_eq!(std::mem::size_of::<Contact>(), 38);
+    }
+
+    #[test]
+    fn peer_addrs_give_back_their_socket_addr() {
+        for text in ["10.1.2.3:4000", "0.0.0.0:0", "[2001:db8::7]:65535", "[::1]:7000"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(peer(text).socket_addr(), addr, "{text}");
+            assert_eq!(peer(text).ip(), addr.ip(), "{text}");
+            assert_eq!(peer(text).port(), addr.port(), "{text}");
+        }
+        // An IPv4 peer seen through a dual-stack socket is the IPv4 address, and gives back
+        // `SocketAddr::V4`.
+        assert_eq!(peer("[::ffff:10.1.2.3]:4000"), peer("10.1.2.3:4000"));
+        assert_eq!(
+            peer("[::ffff:10.1.2.3]:4000").socket_addr(),
+            SocketAddr::from(([10, 1, 2, 3], 4000))
+        );
+        // Flow label and scope id are dropped.
+        let scoped = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 7000, 5, 2));
+        assert_eq!(PeerAddr::from(scoped).socket_addr(), "[::1]:7000".parse().unwrap());
+    }
+
     // Expected bytes below are `umsgpack.packb(...)` output of u-msgpack-python 2.8.0.
 
     #[test]
@@ -1097,7 +1178,7 @@ mod tests {
     #[test]
     fn responses_encode_like_umsgpack() {
         let (id, _) = ids();
-        let contact = Contact { id, addr: "127.0.0.1:5678".parse().unwrap() };
+        let contact = Contact { id, addr: peer("127.0.0.1:5678") };
         assert_eq!(
             body(&encode_response(&ID, &Response::Nodes(vec![contact]))),
             "9193c414000102030405060708090a0b0c0d0e0f10111213a93132372e302e302e31cd162e"
@@ -1117,7 +1198,10 @@ mod tests {
     fn an_answer_written_over_a_longer_one_is_exactly_its_own_datagram() {
         let (id, other) = ids();
         let contacts = (0..20u16)
-            .map(|port| Contact { id, addr: SocketAddr::from(([127, 0, 0, 1], 4000 + port)) })
+            .map(|port| Contact {
+                id,
+                addr: SocketAddr::from(([127, 0, 0, 1], 4000 + port)).into(),
+            })
             .collect();
         let mut buffer = Vec::new();
         write_response(&mut buffer, &[1; MESSAGE_ID_LEN], &Response::Nodes(contacts));
@@ -1259,8 +1343,8 @@ mod tests {
     fn every_response_round_trips_through_its_reader() {
         let (id, other) = ids();
         let contacts = vec![
-            Contact { id, addr: "127.0.0.1:5678".parse().unwrap() },
-            Contact { id: other, addr: "[::1]:7000".parse().unwrap() },
+            Contact { id, addr: peer("127.0.0.1:5678") },
+            Contact { id: other, addr: peer("[::1]:7000") },
         ];
         let decode_body = |response: &Response| {
             let datagram = encode_response(&ID, response);
@@ -1472,11 +1556,11 @@ mod tests {
                 Ok(vec![
                     Contact {
                         id: NodeId([7; 20]),
-                        addr: SocketAddr::new([10, 0, 0, 1].into(), port)
+                        addr: PeerAddr::new([10, 0, 0, 1].into(), port)
                     },
                     Contact {
                         id: NodeId([8; 20]),
-                        addr: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)
+                        addr: PeerAddr::new(Ipv6Addr::LOCALHOST.into(), port)
                     },
                 ])
             );

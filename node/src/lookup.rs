@@ -14,9 +14,8 @@
 //! [`crate::node`] drives it with the transport; tests drive it with made-up answers.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 
-use crate::codec::{Contact, Value};
+use crate::codec::{Contact, PeerAddr, Value};
 use crate::id::{Distance, NodeId};
 
 /// How many candidates beyond `k` a lookup remembers: failed nodes make farther ones visible,
@@ -59,11 +58,11 @@ enum State {
 }
 
 /// A contact by its distance to the target, which gives back its id (`distance ^ target`):
-/// 56 bytes rather than 76 with the id beside it, and a lookup keeps up to 8k waiting ones.
+/// 40 bytes rather than 60 with the id beside it, and a lookup keeps up to 8k waiting ones.
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
     distance: Distance,
-    addr: SocketAddr,
+    addr: PeerAddr,
     state: State,
 }
 
@@ -361,13 +360,19 @@ fn most_common(values: &[Value]) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
     use crate::routing::RoutingTable;
 
     fn contact(id: NodeId, port: u16) -> Contact {
-        Contact { id, addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port) }
+        Contact { id, addr: PeerAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port) }
+    }
+
+    #[test]
+    fn a_candidate_is_40_bytes() {
+        // Distance 20, address 18, state 1 and a byte of padding: 56 with a `SocketAddr`.
+        assert_eq!(std::mem::size_of::<Candidate>(), 40);
     }
 
     /// A simulated network: every node has a routing table of some others.

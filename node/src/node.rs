@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
     decode_msgpack, encode_request, find_node_answer, find_value_answer, ping_answer, store_answer,
-    stun_answer, Contact, DecodeError, FindValueAnswer, Request, Response, Value, MAX_REQUEST_BODY,
-    MESSAGE_ID_LEN,
+    stun_answer, Contact, DecodeError, FindValueAnswer, PeerAddr, Request, Response, Value,
+    MAX_REQUEST_BODY, MESSAGE_ID_LEN,
 };
 use crate::config::{ConfigError, NodeConfig};
 use crate::id::NodeId;
@@ -118,14 +118,14 @@ enum Address {
 /// pings are out: the bounds that keep the hand-over from being an amplifier.
 #[derive(Default)]
 struct HandOvers {
-    started: HashMap<SocketAddr, Instant>,
+    started: HashMap<PeerAddr, Instant>,
     verifying: usize,
 }
 
 impl HandOvers {
     /// Claims a hand-over to `addr` (verifying it first when `address` is only claimed); false
     /// when one started within the interval or the bounds are reached.
-    fn claim(&mut self, addr: SocketAddr, address: Address, now: Instant) -> bool {
+    fn claim(&mut self, addr: PeerAddr, address: Address, now: Instant) -> bool {
         if address == Address::Claimed && self.verifying >= MAX_VERIFICATIONS_IN_FLIGHT {
             return false;
         }
@@ -331,7 +331,11 @@ impl Node {
     ) -> impl Future<Output = Result<T, RpcError>> + '_ {
         async move {
             let timeout = self.inner.config.rpc_timeout;
-            let result = self.inner.transport.call(contact.addr, &request, timeout, read).await;
+            let result = self
+                .inner
+                .transport
+                .call(contact.addr.socket_addr(), &request, timeout, read)
+                .await;
             match &result {
                 Ok(_) => self.welcome_if_new(contact, Address::Verified),
                 // Local conditions say nothing about the peer.
@@ -339,7 +343,8 @@ impl Node {
                     RpcError::TooManyCalls { .. } | RpcError::TooLarge { .. } | RpcError::Closed,
                 ) => {}
                 Err(error) => {
-                    tracing::debug!(peer = %contact.addr, %error, "evicting an unresponsive contact");
+                    let peer = contact.addr.socket_addr();
+                    tracing::debug!(%peer, %error, "evicting an unresponsive contact");
                     self.with_table(|table| table.remove(&contact.id));
                 }
             }
@@ -485,7 +490,7 @@ impl Node {
         let timeout = self.inner.config.rpc_timeout;
         let pings = join_all(addrs.iter().map(|addr| async move {
             match self.ping(*addr, timeout).await {
-                Ok(id) => Some(Contact { id, addr: *addr }),
+                Ok(id) => Some(Contact { id, addr: (*addr).into() }),
                 Err(error) => {
                     tracing::warn!(%addr, %error, "bootstrap node did not answer");
                     None
@@ -601,7 +606,7 @@ impl Node {
     ) {
         if address == Address::Claimed {
             let timeout = self.inner.config.rpc_timeout;
-            let answer = self.ping(newcomer.addr, timeout).await.ok();
+            let answer = self.ping(newcomer.addr.socket_addr(), timeout).await.ok();
             lock(&self.inner.hand_overs).verifying -= 1;
             if answer != Some(newcomer.id) {
                 return;
@@ -620,7 +625,7 @@ impl Node {
     /// once it knows a closer node, though that node may have joined before the holder got the
     /// value. Passing each new value one step closer walks it to the closest node, which then
     /// hands it to later newcomers; one store out per value in keeps this from amplifying.
-    fn pass_on_closer(&self, key: NodeId, value: Value, from: SocketAddr) {
+    fn pass_on_closer(&self, key: NodeId, value: Value, from: PeerAddr) {
         let Some(closest) = lock(&self.inner.table).closest(&key, 1, Some(from)).pop() else {
             return;
         };
@@ -711,7 +716,7 @@ impl Node {
 
     /// The k contacts closest to `key`, closest first as Python sends them, that a
     /// `find_node` (or a `find_value` without the value) from `from` is answered with.
-    fn answer_nodes(&self, key: &NodeId, from: SocketAddr) -> Vec<Contact> {
+    fn answer_nodes(&self, key: &NodeId, from: PeerAddr) -> Vec<Contact> {
         lock(&self.inner.table).closest(key, self.inner.config.k, Some(from))
     }
 }
@@ -719,7 +724,7 @@ impl Node {
 impl RequestHandler for Node {
     fn handle(&self, from: SocketAddr, request: Request) -> Handled {
         if let Some(sender) = request.sender() {
-            self.welcome_if_new(Contact { id: sender, addr: from }, Address::Claimed);
+            self.welcome_if_new(Contact { id: sender, addr: from.into() }, Address::Claimed);
         }
         match request {
             Request::Stun => Handled::Answer(Response::Stun(from)),
@@ -732,18 +737,18 @@ impl RequestHandler for Node {
                 });
                 match &stored {
                     Err(error) => tracing::debug!(%from, %error, "refused a value"),
-                    Ok(()) if was_new => self.pass_on_closer(key, value, from),
+                    Ok(()) if was_new => self.pass_on_closer(key, value, from.into()),
                     Ok(()) => {}
                 }
                 Handled::Answer(Response::Stored(stored.is_ok()))
             }
             Request::FindNode { key, .. } => {
-                Handled::Answer(Response::Nodes(self.answer_nodes(&key, from)))
+                Handled::Answer(Response::Nodes(self.answer_nodes(&key, from.into())))
             }
             Request::FindValue { key, .. } => Handled::Answer(
                 match self.with_storage(|storage| storage.get(&key, Instant::now())) {
                     Some(value) => Response::FoundValue(value),
-                    None => Response::Nodes(self.answer_nodes(&key, from)),
+                    None => Response::Nodes(self.answer_nodes(&key, from.into())),
                 },
             ),
             Request::Extension { name, args } => {
@@ -791,7 +796,7 @@ mod tests {
     #[test]
     fn an_address_gets_one_hand_over_per_interval_and_verifications_are_bounded() {
         let now = Instant::now();
-        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let addr = PeerAddr::from(SocketAddr::from(([127, 0, 0, 1], 4000)));
         let mut hand_overs = HandOvers::default();
         assert!(hand_overs.claim(addr, Address::Claimed, now));
         assert!(!hand_overs.claim(addr, Address::Verified, now + Duration::from_secs(1)));

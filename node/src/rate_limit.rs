@@ -14,6 +14,7 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::codec::PeerAddr;
 use crate::random_key::RandomKeys;
 use crate::routing::source_of;
 
@@ -48,8 +49,8 @@ pub struct SourceLimits {
     requests_per_second: f64,
     answer_bytes_per_second: f64,
     keys: RandomState,
-    /// Keyed by a keyed SipHash of the source (`keys`), 8 bytes instead of a 32-byte
-    /// `SocketAddr`. Two sources whose hashes collide (2^-64, and not to be aimed at without
+    /// Keyed by a keyed SipHash of the source (`keys`), 8 bytes instead of an 18-byte
+    /// [`PeerAddr`]. Two sources whose hashes collide (2^-64, and not to be aimed at without
     /// the random keys) would share a budget.
     sources: HashMap<u64, Budget, RandomKeys>,
     /// Shared by new sources while [`MAX_TRACKED_SOURCES`] are tracked.
@@ -121,7 +122,7 @@ impl SourceLimits {
 
     /// The refilled budget of `from`'s source.
     fn budget(&mut self, from: SocketAddr, now: Instant) -> &mut Budget {
-        let source = self.keys.hash_one(source_of(&from));
+        let source = self.keys.hash_one(source_of(&PeerAddr::from(from)));
         let known = self.sources.contains_key(&source);
         if !known && self.sources.len() >= MAX_TRACKED_SOURCES {
             self.forget_idle(now);

@@ -4,10 +4,9 @@
 //! [`Insert::BucketFull`] asks for and reports failures with [`RoutingTable::remove`].
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::codec::Contact;
+use crate::codec::{Contact, PeerAddr};
 use crate::id::{NodeId, ID_LEN};
 
 /// Python keeps up to `5 * k` replacement contacts per bucket.
@@ -66,11 +65,12 @@ fn order_by_prefix(share: &mut [Ranked], wanted: usize, scratch: &mut PrefixOrde
 /// What the per-IP cap counts a contact under: its IP address, except on loopback, where every
 /// node of a one-machine setup (tests, `dht-node cluster`) shares the IP and only the port tells
 /// nodes apart, so there the cap counts per IP and port.
-pub(crate) fn source_of(addr: &SocketAddr) -> SocketAddr {
-    if addr.ip().is_loopback() {
+pub(crate) fn source_of(addr: &PeerAddr) -> PeerAddr {
+    let ip = addr.ip();
+    if ip.is_loopback() {
         *addr
     } else {
-        SocketAddr::new(addr.ip(), 0)
+        PeerAddr::new(ip, 0)
     }
 }
 
@@ -371,7 +371,7 @@ impl RoutingTable {
         &self,
         target: &NodeId,
         count: usize,
-        exclude: Option<SocketAddr>,
+        exclude: Option<PeerAddr>,
     ) -> Vec<Contact> {
         // Every bucket covers an aligned block of ids, and XOR with the target maps aligned
         // blocks to aligned blocks: all of one bucket's contacts are closer to the target than
@@ -481,7 +481,7 @@ mod tests {
     use super::*;
 
     fn contact(id: NodeId, port: u16) -> Contact {
-        Contact { id, addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port) }
+        Contact { id, addr: PeerAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port) }
     }
 
     fn id_with_first_byte(first: u8, last: u8) -> NodeId {
@@ -636,7 +636,7 @@ mod tests {
         table: &RoutingTable,
         target: &NodeId,
         count: usize,
-        exclude: Option<SocketAddr>,
+        exclude: Option<PeerAddr>,
     ) -> Vec<Contact> {
         let mut expected: Vec<Contact> = table
             .contacts()
@@ -698,7 +698,7 @@ mod tests {
 
     /// A contact at `ip` (a documentation address unless loopback), port `port`.
     fn contact_at(id: NodeId, ip: [u8; 4], port: u16) -> Contact {
-        Contact { id, addr: SocketAddr::from((ip, port)) }
+        Contact { id, addr: PeerAddr::new(IpAddr::from(ip), port) }
     }
 
     fn held_from(table: &RoutingTable, ip: [u8; 4]) -> Vec<Contact> {

@@ -197,7 +197,7 @@ impl Halves {
 }
 
 fn contact_of(node: &Node) -> Contact {
-    Contact { id: node.id(), addr: node.local_addr() }
+    Contact { id: node.id(), addr: node.local_addr().into() }
 }
 
 fn knows(node: &Node, other: &Node) -> bool {

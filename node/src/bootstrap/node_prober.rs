@@ -82,7 +82,9 @@ impl Prober for NodeProber {
             let ids = lock(&self.peer_ids);
             seeds
                 .iter()
-                .filter_map(|addr| ids.get(addr).map(|id| Contact { id: *id, addr: *addr }))
+                .filter_map(|addr| {
+                    ids.get(addr).map(|id| Contact { id: *id, addr: (*addr).into() })
+                })
                 .collect()
         };
         self.node.join(contacts).await;
