@@ -213,6 +213,8 @@ impl Lookup {
             // Refilled in place: taking the ids anew would allocate on every answer.
             let mut closest = std::mem::take(&mut self.previous_closest);
             closest.clear();
+            // Room for the k closest once, not a doubling past them (32 where 25 fit).
+            closest.reserve_exact(self.k);
             closest.extend(self.visible().map(|candidate| candidate.distance));
             self.previous_closest = closest;
         }

@@ -150,6 +150,9 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// Reads an answer's msgpack body into what the call returns.
+pub type Reader<T> = fn(&[u8]) -> Result<T, DecodeError>;
+
 /// Removes a call's entry however the call ends: answered, timed out, or its future dropped.
 struct PendingGuard<'a> {
     transport: &'a Transport,
@@ -200,7 +203,7 @@ impl Transport {
         peer: SocketAddr,
         request: &'a Request,
         timeout: Duration,
-        read: fn(&[u8]) -> Result<T, DecodeError>,
+        read: Reader<T>,
     ) -> impl Future<Output = Result<T, RpcError>> + 'a {
         let peer = canonical(peer);
         async move {
@@ -267,6 +270,8 @@ impl Transport {
             }
             let _guard = PendingGuard { transport: self, id };
             self.send(&datagram, peer).await.map_err(|source| RpcError::Send { peer, source })?;
+            // Not kept while the answer is awaited: a lookup's calls in flight held 128 bytes each.
+            drop(datagram);
             match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(body)) => Ok(body),
                 Ok(Err(_)) => Err(RpcError::Closed),
