@@ -104,6 +104,19 @@ impl PeerAddr {
         self.port
     }
 
+    /// This address with another port.
+    pub fn with_port(self, port: u16) -> PeerAddr {
+        PeerAddr { port, ..self }
+    }
+
+    /// Whether the IP is a loopback one (127.0.0.0/8, or ::1), read from the bytes: the
+    /// routing table asks it of every contact of a bucket each time it adds one.
+    pub fn is_loopback(&self) -> bool {
+        const IPV4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+        (self.ip[..12] == IPV4_MAPPED_PREFIX && self.ip[12] == 127)
+            || self.ip == Ipv6Addr::LOCALHOST.octets()
+    }
+
     /// The address to send to: IPv4 for an IPv4-mapped IP, otherwise IPv6 with flow label and
     /// scope id 0.
     pub fn socket_addr(&self) -> SocketAddr {
@@ -1139,15 +1152,20 @@ mod tests {
 
     #[test]
     fn peer_addrs_give_back_their_socket_addr() {
-        for text in ["10.1.2.3:4000", "0.0.0.0:0", "[2001:db8::7]:65535", "[::1]:7000"] {
+        for text in
+            ["10.1.2.3:4000", "0.0.0.0:0", "[2001:db8::7]:65535", "[::1]:7000", "127.0.0.9:1"]
+        {
             let addr: SocketAddr = text.parse().unwrap();
             assert_eq!(peer(text).socket_addr(), addr, "{text}");
+            assert_eq!(peer(text).is_loopback(), addr.ip().is_loopback(), "{text}");
             assert_eq!(peer(text).ip(), addr.ip(), "{text}");
             assert_eq!(peer(text).port(), addr.port(), "{text}");
         }
         // An IPv4 peer seen through a dual-stack socket is the IPv4 address, and gives back
         // `SocketAddr::V4`.
         assert_eq!(peer("[::ffff:10.1.2.3]:4000"), peer("10.1.2.3:4000"));
+        assert!(peer("[::ffff:127.0.0.1]:4000").is_loopback());
+        assert!(!peer("[::2]:4000").is_loopback() && !peer("128.0.0.1:4000").is_loopback());
         assert_eq!(
             peer("[::ffff:10.1.2.3]:4000").socket_addr(),
             SocketAddr::from(([10, 1, 2, 3], 4000))

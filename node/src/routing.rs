@@ -66,11 +66,10 @@ fn order_by_prefix(share: &mut [Ranked], wanted: usize, scratch: &mut PrefixOrde
 /// node of a one-machine setup (tests, `dht-node cluster`) shares the IP and only the port tells
 /// nodes apart, so there the cap counts per IP and port.
 pub(crate) fn source_of(addr: &PeerAddr) -> PeerAddr {
-    let ip = addr.ip();
-    if ip.is_loopback() {
+    if addr.is_loopback() {
         *addr
     } else {
-        PeerAddr::new(ip, 0)
+        addr.with_port(0)
     }
 }
 
