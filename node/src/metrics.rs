@@ -263,16 +263,16 @@ impl Collector for Metrics {
             .chain(extensions.iter().map(|(method, procedure)| (method.as_str(), procedure)))
             .collect();
         let calls = procedures.iter().flat_map(|&(method, procedure)| {
-            Outcome::ALL.into_iter().zip(&procedure.calls).map(move |(outcome, calls)| {
-                ([("method", method), ("outcome", outcome.as_str())], Sample::counted(calls))
-            })
+            let labels =
+                Outcome::ALL.map(|outcome| [("method", method), ("outcome", outcome.as_str())]);
+            counted(labels, &procedure.calls)
         });
         encode_series(
             &mut encoder,
             "dht_rpc_calls",
             "Outgoing RPC calls by procedure and outcome.",
             None,
-            calls.filter(|(_, calls)| !calls.is_zero()),
+            calls,
         )?;
         let latency = procedures.iter().filter_map(|&(method, procedure)| {
             procedure
@@ -314,30 +314,24 @@ impl Collector for Metrics {
             None,
             [(NO_LABELS, Sample::Gauge(metrics.stored_values.load(Ordering::Relaxed)))],
         )?;
-        let dropped = DropReason::ALL
-            .into_iter()
-            .zip(&metrics.dropped)
-            .map(|(reason, dropped)| ([("reason", reason.as_str())], Sample::counted(dropped)));
         encode_series(
             &mut encoder,
             "dht_datagrams_dropped",
             "Datagrams dropped unprocessed, by reason (malformed, unmatched, ...).",
             None,
-            dropped.filter(|(_, dropped)| !dropped.is_zero()),
+            counted(DropReason::ALL.map(|reason| [("reason", reason.as_str())]), &metrics.dropped),
         )?;
         let lookups = [LookupKind::FindNode, LookupKind::FindValue].into_iter().flat_map(|kind| {
-            LOOKUP_RESULTS.into_iter().zip(&metrics.lookups[kind as usize]).map(
-                move |(outcome, lookups)| {
-                    ([("kind", kind.method()), ("outcome", outcome)], Sample::counted(lookups))
-                },
-            )
+            let labels =
+                LOOKUP_RESULTS.map(|outcome| [("kind", kind.method()), ("outcome", outcome)]);
+            counted(labels, &metrics.lookups[kind as usize])
         });
         encode_series(
             &mut encoder,
             "dht_lookups",
             "Iterative lookups by kind and outcome.",
             None,
-            lookups.filter(|(_, lookups)| !lookups.is_zero()),
+            lookups,
         )
     }
 }
@@ -379,6 +373,19 @@ impl Sample<'_> {
             Sample::Histogram(histogram) => histogram.encode(encoder),
         }
     }
+}
+
+/// The series of `counters` that have counted, each with its labels from `labels` (in the same
+/// order): a counter that never counted has no series, as a family's series appear on first use.
+pub(crate) fn counted<'c, L: 'c>(
+    labels: impl IntoIterator<Item = L> + 'c,
+    counters: &'c [AtomicU64],
+) -> impl Iterator<Item = (L, Sample<'static>)> + 'c {
+    labels
+        .into_iter()
+        .zip(counters)
+        .map(|(labels, counter)| (labels, Sample::counted(counter)))
+        .filter(|(_, sample)| !sample.is_zero())
 }
 
 /// Encodes the metric `name` with a series per (labels, value) of `series`, or nothing when

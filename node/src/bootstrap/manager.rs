@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::lock;
-use crate::metrics::{encode_series, upper_bounds, BucketHistogram, Sample, NO_LABELS};
+use crate::metrics::{counted, encode_series, upper_bounds, BucketHistogram, Sample, NO_LABELS};
 
 use super::backoff::Backoff;
 use super::discovery::{merge, Discovery, PoolChange, Resolve};
@@ -337,16 +337,13 @@ impl Collector for BootstrapMetrics {
         for (name, help, unit, sample) in described {
             encode_series(&mut encoder, name, help, unit, per_endpoint(sample))?;
         }
-        let selections = SelectionStrategy::ALL
-            .iter()
-            .zip(&metrics.selections)
-            .map(|(strategy, count)| ([("strategy", strategy.name())], Sample::counted(count)));
+        let strategies = SelectionStrategy::ALL.map(|strategy| [("strategy", strategy.name())]);
         encode_series(
             &mut encoder,
             "kadscale_bootstrap_selections",
             "Endpoint selections for joins, by strategy.",
             None,
-            selections.filter(|(_, count)| !count.is_zero()),
+            counted(strategies, &metrics.selections),
         )?;
         encode_series(
             &mut encoder,
@@ -355,16 +352,12 @@ impl Collector for BootstrapMetrics {
             None,
             [(NO_LABELS, Sample::counted(&metrics.join_attempts))],
         )?;
-        let outcomes = JOIN_OUTCOMES
-            .into_iter()
-            .zip(&metrics.join_outcomes)
-            .map(|(outcome, count)| ([("outcome", outcome)], Sample::counted(count)));
         encode_series(
             &mut encoder,
             "kadscale_bootstrap_join_outcomes",
             "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).",
             None,
-            outcomes.filter(|(_, count)| !count.is_zero()),
+            counted(JOIN_OUTCOMES.map(|outcome| [("outcome", outcome)]), &metrics.join_outcomes),
         )?;
         let pings = by_endpoint.iter().flat_map(|figures| {
             PING_OUTCOMES.into_iter().zip(figures.pings).filter(|(_, count)| *count > 0).map(
