@@ -123,13 +123,22 @@ pub enum JoinOutcome {
 }
 
 impl JoinOutcome {
-    pub fn name(&self) -> &'static str {
+    /// Every outcome's name, as logged and labelled in the metrics, in [`JoinOutcome::index`]
+    /// order.
+    const NAMES: [&'static str; 4] = ["joined", "no_endpoints", "no_answer", "no_peers"];
+
+    /// The outcome's place in [`JoinOutcome::NAMES`] (and in the metrics' counters).
+    fn index(&self) -> usize {
         match self {
-            JoinOutcome::Joined { .. } => "joined",
-            JoinOutcome::NoEndpoints => "no_endpoints",
-            JoinOutcome::NoAnswer => "no_answer",
-            JoinOutcome::NoPeers { .. } => "no_peers",
+            JoinOutcome::Joined { .. } => 0,
+            JoinOutcome::NoEndpoints => 1,
+            JoinOutcome::NoAnswer => 2,
+            JoinOutcome::NoPeers { .. } => 3,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        JoinOutcome::NAMES[self.index()]
     }
 }
 
@@ -150,11 +159,16 @@ impl EncodeLabelValue for EndpointAddr {
     }
 }
 
-/// Per-endpoint ping outcomes during joins, as labelled in the metrics.
-const PING_OUTCOMES: [&str; 3] = ["answered", "no_answer", "self"];
+/// How an endpoint's ping during a join ended.
+#[derive(Clone, Copy, Debug)]
+enum JoinPing {
+    Answered,
+    NoAnswer,
+    IsSelf,
+}
 
-/// [`JoinOutcome::name`] of each outcome, as labelled in the metrics.
-const JOIN_OUTCOMES: [&str; 4] = ["joined", "no_endpoints", "no_answer", "no_peers"];
+/// [`JoinPing`]s as labelled in the metrics, in the enum's order.
+const JOIN_PINGS: [&str; 3] = ["answered", "no_answer", "self"];
 
 /// `join_duration`: 10 ms to about 82 s, a join is one round trip on loopback, minutes when
 /// every bootstrap node is down.
@@ -174,8 +188,8 @@ struct BootstrapFigures {
     /// By [`SelectionStrategy::ALL`].
     selections: [AtomicU64; SelectionStrategy::ALL.len()],
     join_attempts: AtomicU64,
-    /// By [`JOIN_OUTCOMES`].
-    join_outcomes: [AtomicU64; JOIN_OUTCOMES.len()],
+    /// By [`JoinOutcome::index`].
+    join_outcomes: [AtomicU64; JoinOutcome::NAMES.len()],
     join_duration: BucketHistogram,
 }
 
@@ -195,8 +209,8 @@ struct EndpointFigures {
     consecutive_failures: u32,
     rtt: Option<Duration>,
     report: Option<LoadReport>,
-    /// Join pings by [`PING_OUTCOMES`].
-    pings: [u64; PING_OUTCOMES.len()],
+    /// Join pings by [`JoinPing`].
+    pings: [u64; JOIN_PINGS.len()],
 }
 
 impl BootstrapMetrics {
@@ -229,7 +243,7 @@ impl BootstrapMetrics {
                     consecutive_failures: 0,
                     rtt: None,
                     report: None,
-                    pings: [0; PING_OUTCOMES.len()],
+                    pings: [0; JOIN_PINGS.len()],
                 });
                 by_endpoint.len() - 1
             }
@@ -250,11 +264,8 @@ impl BootstrapMetrics {
         self.update_endpoint(state.endpoint.addr, |figures| figures.report = Some(report.clone()));
     }
 
-    /// Counts a join ping of `addr` that ended in `outcome`, one of [`PING_OUTCOMES`].
-    fn join_pinged(&self, addr: SocketAddr, outcome: &str) {
-        if let Some(index) = PING_OUTCOMES.iter().position(|known| *known == outcome) {
-            self.update_endpoint(addr, |figures| figures.pings[index] += 1);
-        }
+    fn join_pinged(&self, addr: SocketAddr, ping: JoinPing) {
+        self.update_endpoint(addr, |figures| figures.pings[ping as usize] += 1);
     }
 
     /// Drops the series of an endpoint that left the pool.
@@ -357,10 +368,13 @@ impl Collector for BootstrapMetrics {
             "kadscale_bootstrap_join_outcomes",
             "Join attempts by outcome (joined, no_endpoints, no_answer, no_peers).",
             None,
-            counted(JOIN_OUTCOMES.map(|outcome| [("outcome", outcome)]), &metrics.join_outcomes),
+            counted(
+                JoinOutcome::NAMES.map(|outcome| [("outcome", outcome)]),
+                &metrics.join_outcomes,
+            ),
         )?;
         let pings = by_endpoint.iter().flat_map(|figures| {
-            PING_OUTCOMES.into_iter().zip(figures.pings).filter(|(_, count)| *count > 0).map(
+            JOIN_PINGS.into_iter().zip(figures.pings).filter(|(_, count)| *count > 0).map(
                 |(outcome, count)| {
                     (([("endpoint", figures.addr)], [("outcome", outcome)]), Sample::Counter(count))
                 },
@@ -658,18 +672,18 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         }
         let mut seeds = Vec::new();
         for (addr, result) in &pings {
-            let outcome = match result {
+            let ping = match result {
                 Ok(_) => {
                     seeds.push(*addr);
-                    "answered"
+                    JoinPing::Answered
                 }
-                Err(ProbeError::IsSelf) => "self",
+                Err(ProbeError::IsSelf) => JoinPing::IsSelf,
                 Err(_) => {
                     excluded.insert(*addr);
-                    "no_answer"
+                    JoinPing::NoAnswer
                 }
             };
-            self.metrics.join_pinged(*addr, outcome);
+            self.metrics.join_pinged(*addr, ping);
         }
         let outcome = if pings.is_empty() {
             JoinOutcome::NoEndpoints
@@ -680,9 +694,7 @@ impl<P: Prober, R: Resolve> BootstrapManager<P, R> {
         } else {
             JoinOutcome::NoPeers { seeds }
         };
-        if let Some(index) = JOIN_OUTCOMES.iter().position(|name| *name == outcome.name()) {
-            self.metrics.0.join_outcomes[index].fetch_add(1, Ordering::Relaxed);
-        }
+        self.metrics.0.join_outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
         JoinAttempt { outcome, pings }
     }
 
@@ -984,7 +996,7 @@ mod tests {
     async fn only_endpoints_that_answered_seed_the_join() {
         let net = FakeNet::with_peers(&SIX[..4]);
         net.set_alive(SIX[1], false);
-        let (manager, _registry) = manager(&net, &SIX[..4], priority_config());
+        let (manager, registry) = manager(&net, &SIX[..4], priority_config());
         manager.refresh_endpoints().await;
         let started = Instant::now();
         let mut excluded = HashSet::new();
@@ -994,6 +1006,12 @@ mod tests {
         assert_eq!(started.elapsed(), TIMEOUT + RTT, "waits out the timeout of the silent one");
         assert_eq!(state(&manager, SIX[1]).health.consecutive_failures(), 1);
         assert_eq!(excluded, HashSet::from([addr(SIX[1])]));
+        let text = metrics_text(&registry);
+        let silent = format!(
+            "kadscale_bootstrap_join_pings_total{{endpoint=\"{}\",outcome=\"no_answer\"}} 1",
+            addr(SIX[1])
+        );
+        assert!(text.contains(&silent), "missing {silent:?} in\n{text}");
     }
 
     #[tokio::test(start_paused = true)]
