@@ -726,8 +726,10 @@ impl Node {
 
 impl RequestHandler for Node {
     fn handle(&self, from: SocketAddr, request: Request) -> Handled {
+        // The sender as the routing table holds it, made once for the uses below.
+        let peer = PeerAddr::from(from);
         if let Some(sender) = request.sender() {
-            self.welcome_if_new(Contact { id: sender, addr: from.into() }, Address::Claimed);
+            self.welcome_if_new(Contact { id: sender, addr: peer }, Address::Claimed);
         }
         match request {
             Request::Stun => Handled::Answer(Response::Stun(from)),
@@ -740,18 +742,18 @@ impl RequestHandler for Node {
                 });
                 match &stored {
                     Err(error) => tracing::debug!(%from, %error, "refused a value"),
-                    Ok(()) if was_new => self.pass_on_closer(key, value, from.into()),
+                    Ok(()) if was_new => self.pass_on_closer(key, value, peer),
                     Ok(()) => {}
                 }
                 Handled::Answer(Response::Stored(stored.is_ok()))
             }
             Request::FindNode { key, .. } => {
-                Handled::Answer(Response::Nodes(self.answer_nodes(&key, from.into())))
+                Handled::Answer(Response::Nodes(self.answer_nodes(&key, peer)))
             }
             Request::FindValue { key, .. } => Handled::Answer(
                 match self.with_storage(|storage| storage.get(&key, Instant::now())) {
                     Some(value) => Response::FoundValue(value),
-                    None => Response::Nodes(self.answer_nodes(&key, from.into())),
+                    None => Response::Nodes(self.answer_nodes(&key, peer)),
                 },
             ),
             Request::Extension { name, args } => {
